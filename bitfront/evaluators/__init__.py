@@ -1,0 +1,1 @@
+"""Benchmarks: MBPP/HumanEval data, prompts, sandboxed execution, pass@k, proxy sets."""

@@ -1,0 +1,1 @@
+"""Numeric building blocks: quantizers, GPTQ, Hessians, attention backends, packed linears."""

@@ -1,0 +1,69 @@
+"""Input Hessians H = 2/n Σ x xᵀ of linear layers from one calibration pass, by forward hooks.
+
+Linears that read the same input tensor (q/k/v of a block; gate/up) share one Hessian: the
+first of them accumulates and the others point to it. Accumulation streams over batches in
+float32 or float64 (`dtype`), on the module's device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bitfront.progress import track
+
+
+@dataclass
+class HessianSet:
+    hessians: dict[str, torch.Tensor]  # owner name -> H [in, in]
+    owner: dict[str, str]  # layer name -> the layer whose Hessian it shares
+    tokens: int  # calibration tokens seen
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.hessians[self.owner[name]]
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self[name] if name in self.owner else None
+
+
+@torch.no_grad()
+def capture_hessians(forward, modules: dict[str, nn.Module], batches: Iterable[torch.Tensor],
+                     *, dtype: torch.dtype = torch.float32, show_progress: bool = False
+                     ) -> HessianSet:
+    """Run `forward(batch)` over `batches` and return the input Hessians of `modules`
+    (name -> nn.Linear or nn.Embedding-free linear-like modules taking one input)."""
+    sums: dict[str, torch.Tensor] = {}
+    owner: dict[str, str] = {}
+    count = {"tokens": 0}
+    last: dict[str, object] = {"input": None, "name": None}
+
+    def hook(name):
+        def fn(module, inputs, output):
+            x = inputs[0]
+            if x is last["input"]:  # same tensor as the previous linear: share its Hessian
+                owner[name] = owner[last["name"]]
+                return
+            last["input"], last["name"] = x, name
+            owner[name] = name
+            flat = x.detach().reshape(-1, x.shape[-1]).to(dtype)
+            if name not in sums:
+                sums[name] = torch.zeros(flat.shape[1], flat.shape[1], dtype=dtype,
+                                         device=flat.device)
+            sums[name].addmm_(flat.t(), flat)
+        return fn
+
+    handles = [mod.register_forward_hook(hook(name)) for name, mod in modules.items()]
+    try:
+        batches = list(batches)
+        for batch in track(batches, "calibration pass", show=show_progress):
+            last["input"] = last["name"] = None
+            count["tokens"] += batch.numel()
+            forward(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    n = count["tokens"]
+    return HessianSet(hessians={k: 2 * v / n for k, v in sums.items()}, owner=owner, tokens=n)

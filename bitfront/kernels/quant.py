@@ -1,0 +1,177 @@
+"""Uniform group-wise weight quantization, round-to-nearest, and int32 bit packing.
+
+Conventions follow GPTQ's quantizer so that the packed form is the usual GPTQ layout:
+- a weight W [out, in] is split along `in` into groups of `group_size` columns (-1: one group
+  per output channel, i.e. the whole row);
+- per (row, group): asymmetric (default) scale = (max - min) / maxq, zero = round(-min / scale);
+  symmetric: range [-absmax, absmax] and zero = (maxq + 1) / 2; maxq = 2^bits - 1; scales are
+  rounded to float16 before use, so the dequantized weight equals what the packed form holds;
+- q = clamp(round(w / scale) + zero, 0, maxq); dequantized w = scale * (q - zero).
+
+Packed tensors: qweight int32 [ceil(in / 32) * bits, out] (values packed along `in`, 32 per
+`bits` words), qzeros int32 [n_groups, ceil(out / 32) * bits], scales float16 [n_groups, out],
+g_idx int32 [in] (the group of each input column).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+VALUES_PER_BLOCK = 32  # values packed into `bits` int32 words
+
+
+@dataclass
+class PackedWeight:
+    """A quantized weight in its real low-bit storage."""
+
+    bits: int
+    group_size: int
+    qweight: torch.Tensor  # int32 [ceil(in/32) * bits, out]
+    qzeros: torch.Tensor  # int32 [n_groups, ceil(out/32) * bits]
+    scales: torch.Tensor  # float16 [n_groups, out]
+    g_idx: torch.Tensor  # int32 [in]
+    shape: tuple[int, int]  # (out, in)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"qweight": self.qweight, "qzeros": self.qzeros, "scales": self.scales,
+                "g_idx": self.g_idx}
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+
+def check_bits(bits: int) -> None:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"unsupported bitwidth {bits}; choose from {SUPPORTED_BITS}")
+
+
+def group_count(in_features: int, group_size: int) -> int:
+    return 1 if group_size == -1 else -(-in_features // group_size)
+
+
+def quant_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (scale, zero) of `w` [rows, cols], each [rows, 1]; GPTQ's `find_params`.
+
+    `bits` may also be a tensor [rows, 1] of per-row bitwidths.
+    """
+    maxq = (2 ** torch.as_tensor(bits, device=w.device) - 1).to(w.dtype)
+    xmin = torch.clamp(w.min(dim=1, keepdim=True).values, max=0)
+    xmax = torch.clamp(w.max(dim=1, keepdim=True).values, min=0)
+    if sym:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmin = torch.where(xmin < 0, -xmax, xmin)
+    degenerate = (xmin == 0) & (xmax == 0)
+    xmin = torch.where(degenerate, -torch.ones_like(xmin), xmin)
+    xmax = torch.where(degenerate, torch.ones_like(xmax), xmax)
+    scale = ((xmax - xmin) / maxq).clamp(min=2**-14).to(torch.float16).to(w.dtype)
+    zero = torch.full_like(scale, 0) + ((maxq + 1) / 2 if sym else torch.round(-xmin / scale))
+    return scale, zero
+
+
+def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                   maxq: torch.Tensor | int) -> torch.Tensor:
+    q = (torch.round(w / scale) + zero).clamp_(min=0)
+    return torch.minimum(q, maxq) if torch.is_tensor(maxq) else q.clamp_(max=maxq)
+
+
+def fake_quant(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+               maxq: torch.Tensor | int) -> torch.Tensor:
+    """Quantize then dequantize `w` with the given per-row parameters."""
+    return scale * (quantize_codes(w, scale, zero, maxq) - zero)
+
+
+def group_slices(in_features: int, group_size: int) -> list[slice]:
+    size = in_features if group_size == -1 else group_size
+    return [slice(i, min(i + size, in_features)) for i in range(0, in_features, size)]
+
+
+def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False
+                 ) -> tuple[torch.Tensor, PackedWeight]:
+    """Round-to-nearest baseline: (dequantized weight, packed form)."""
+    check_bits(bits)
+    w = weight.detach().float()
+    maxq = 2**bits - 1
+    dq = torch.empty_like(w)
+    codes = torch.empty_like(w)
+    scales, zeros = [], []
+    for cols in group_slices(w.shape[1], group_size):
+        scale, zero = quant_params(w[:, cols], bits, sym)
+        codes[:, cols] = quantize_codes(w[:, cols], scale, zero, maxq)
+        dq[:, cols] = scale * (codes[:, cols] - zero)
+        scales.append(scale)
+        zeros.append(zero)
+    packed = pack_weight(codes, torch.cat(scales, 1), torch.cat(zeros, 1), bits, group_size)
+    return dq.to(weight.dtype), packed
+
+
+# --- bit packing --------------------------------------------------------------------------
+
+def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack non-negative integers `values` [n, m] (< 2^bits) along dim 0 into int32 words
+    [ceil(n / 32) * bits, m]; values may straddle word boundaries (3 bits)."""
+    n, m = values.shape
+    blocks = -(-n // VALUES_PER_BLOCK)
+    padded = torch.zeros(blocks * VALUES_PER_BLOCK, m, dtype=torch.int64, device=values.device)
+    padded[:n] = values.to(torch.int64)
+    padded = padded.view(blocks, VALUES_PER_BLOCK, m)
+    words = torch.zeros(blocks, bits, m, dtype=torch.int64, device=values.device)
+    for j in range(VALUES_PER_BLOCK):
+        word, shift = divmod(j * bits, 32)
+        words[:, word] |= (padded[:, j] << shift) & 0xFFFFFFFF
+        if shift + bits > 32:
+            words[:, word + 1] |= padded[:, j] >> (32 - shift)
+    words = torch.where(words >= 2**31, words - 2**32, words)
+    return words.view(blocks * bits, m).to(torch.int32)
+
+
+def unpack_rows(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of `pack_rows`: int32 words -> int64 values [n, m]."""
+    m = words.shape[1]
+    blocks = words.shape[0] // bits
+    w = words.to(torch.int64).view(blocks, bits, m) & 0xFFFFFFFF
+    mask = (1 << bits) - 1
+    out = torch.empty(blocks, VALUES_PER_BLOCK, m, dtype=torch.int64, device=words.device)
+    for j in range(VALUES_PER_BLOCK):
+        word, shift = divmod(j * bits, 32)
+        value = w[:, word] >> shift
+        if shift + bits > 32:
+            value = value | (w[:, word + 1] << (32 - shift))
+        out[:, j] = value & mask
+    return out.view(blocks * VALUES_PER_BLOCK, m)[:n]
+
+
+def pack_weight(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+                group_size: int, g_idx: torch.Tensor | None = None) -> PackedWeight:
+    """Pack integer codes [out, in] with per-group scales/zeros [out, n_groups]."""
+    out_f, in_f = codes.shape
+    if g_idx is None:
+        size = in_f if group_size == -1 else group_size
+        g_idx = torch.arange(in_f, device=codes.device) // size
+    return PackedWeight(
+        bits=bits,
+        group_size=group_size,
+        qweight=pack_rows(codes.t().contiguous(), bits),
+        qzeros=pack_rows(zeros.round(), bits).t().contiguous(),
+        scales=scales.t().contiguous().to(torch.float16),
+        g_idx=g_idx.to(torch.int32),
+        shape=(out_f, in_f),
+    )
+
+
+def unpack_codes(packed: PackedWeight) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes [out, in], zeros [n_groups, out]) as int64."""
+    out_f, in_f = packed.shape
+    codes = unpack_rows(packed.qweight, packed.bits, in_f).t()
+    zeros = unpack_rows(packed.qzeros.t().contiguous(), packed.bits, out_f).t()
+    return codes, zeros
+
+
+def dequantize(packed: PackedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The dequantized weight [out, in] of a packed weight."""
+    codes, zeros = unpack_codes(packed)
+    g = packed.g_idx.long()
+    scales = packed.scales.float()[g].t()  # [out, in]
+    return (scales * (codes - zeros[g].t())).to(dtype)

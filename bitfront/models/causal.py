@@ -1,0 +1,99 @@
+"""Autoregressive subjects: any Hugging Face causal LM (Qwen3, Llama, ..., GGUF) as a `CodeLM`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from bitfront.models.base import (
+    CodeLM,
+    GenerationOptions,
+    PromptLike,
+    ScoreResult,
+    batches,
+    cut_at_stops,
+    pad_batch,
+    resolve_options,
+    token_stats,
+)
+
+
+class CausalLM(CodeLM):
+    """A causal LM: `logits(ids)[:, i]` predicts token i + 1."""
+
+    family = "ar"
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+        out = self.module(input_ids=input_ids.to(self.device), attention_mask=attention_mask,
+                          use_cache=False)
+        return out.logits
+
+    def loss(self, input_ids: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+        """Next-token cross-entropy (deterministic: `seed` is unused)."""
+        input_ids = input_ids.to(self.device)
+        logits = self.logits(input_ids)[:, :-1]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                               input_ids[:, 1:].reshape(-1))
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[PromptLike], options: GenerationOptions | None = None,
+                 **overrides) -> list[str]:
+        """Greedy or sampled decoding, batched with left padding, cut at stop strings."""
+        opt = resolve_options(options, overrides)
+        texts = [self.render(p) for p in prompts]
+        sampling = (
+            {"do_sample": True, "temperature": opt.temperature, "top_p": opt.top_p,
+             "top_k": opt.top_k or 0}
+            if opt.temperature > 0 else {"do_sample": False, "temperature": None,
+                                         "top_p": None, "top_k": None}
+        )
+        out: list[str] = [""] * len(texts)
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(opt.seed)
+            lengths = [len(self.encode(t)) for t in texts]
+            for idx in batches(len(texts), opt.batch_size, lengths):
+                ids, mask = pad_batch([self.encode(texts[i]) for i in idx], self.pad_token_id,
+                                      side="left")
+                generated = self.module.generate(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                    max_new_tokens=opt.max_new_tokens, pad_token_id=self.pad_token_id,
+                    eos_token_id=self.stop_token_ids(),
+                    stop_strings=list(opt.stop) or None, tokenizer=self.tokenizer,
+                    **sampling,
+                )
+                for row, i in enumerate(idx):
+                    answer = generated[row, ids.shape[1]:]
+                    text = self.tokenizer.decode(answer, skip_special_tokens=True)
+                    out[i] = cut_at_stops(text, opt.stop)
+        return out
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[PromptLike], targets: Sequence[str], *,
+              batch_size: int = 8, seed: int = 0) -> ScoreResult:
+        """Next-token top-1 accuracy and mean log-prob of each target after its prompt."""
+        if len(prompts) != len(targets):
+            raise ValueError("prompts and targets differ in length")
+        ctx = [self.encode(self.render(p)) for p in prompts]
+        tgt = [self.encode(t) for t in targets]
+        if empty := [i for i, t in enumerate(tgt) if not t]:
+            raise ValueError(f"targets {empty} are empty")
+        seqs = [c + t for c, t in zip(ctx, tgt, strict=True)]
+        accuracy, logprob, count = [0.0] * len(seqs), [0.0] * len(seqs), [0] * len(seqs)
+        for idx in batches(len(seqs), batch_size, [len(s) for s in seqs]):
+            ids, mask = pad_batch([seqs[i] for i in idx], self.pad_token_id, side="right")
+            logits = self.logits(ids, mask)
+            for row, i in enumerate(idx):
+                # Without a prompt the first target token has no prediction: skip it.
+                first = max(len(ctx[i]), 1)
+                end = len(seqs[i])
+                pos = torch.arange(first - 1, end - 1)
+                ok, lp = token_stats(logits[row, pos.to(logits.device)],
+                                     ids[row, first:end].to(logits.device))
+                accuracy[i], logprob[i], count[i] = ok.mean().item(), lp.mean().item(), len(pos)
+        return ScoreResult(accuracy=accuracy, logprob=logprob, n_tokens=count)

@@ -1,0 +1,158 @@
+"""Masked-diffusion subjects (CoDA and the pocket diffusion model) behind `CodeLM`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from bitfront.models.base import (
+    CodeLM,
+    GenerationOptions,
+    PromptLike,
+    ScoreResult,
+    batches,
+    cut_at_stops,
+    pad_batch,
+    resolve_options,
+    token_stats,
+)
+from bitfront.models.coda import CoDANetwork, CoDATokens
+from bitfront.models.diffusion_sampling import DiffusionOptions, diffusion_sample
+
+# Mask ratios at which `score()` reconstructs the target, after CoDA's evaluation practice of
+# probing several noise levels; each ratio uses its own seeded mask pattern.
+SCORE_MASK_RATIOS = (0.25, 0.5, 0.75, 1.0)
+# CoDA's training noise floor: t ~ U(eps, 1).
+TRAIN_EPS = 1e-3
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def mask_positions(n: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """A seeded choice of max(1, round(ratio * n)) of `n` positions."""
+    k = min(n, max(1, round(ratio * n)))
+    return torch.randperm(n, generator=generator)[:k].sort().values
+
+
+class DiffusionLM(CodeLM):
+    """A CoDA-style masked-diffusion LM: bidirectional, shifted logits, denoising sampler.
+
+    `logits(ids)[:, i]` is the model's prediction for token i (the shift is applied).
+    """
+
+    family = "diffusion"
+
+    def __init__(self, name: str, module: CoDANetwork, tokenizer, tokens: CoDATokens, *,
+                 diffusion: DiffusionOptions | None = None, use_chat: bool | None = None):
+        super().__init__(name, module, tokenizer, use_chat=use_chat)
+        self.tokens = tokens
+        self.diffusion = diffusion or DiffusionOptions()
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokens.pad
+
+    def stop_token_ids(self) -> list[int]:
+        return sorted({self.tokens.eos, self.tokens.pad})
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        # CoDA attends to everything, padding included: `attention_mask` is ignored by design.
+        return self.module(input_ids.to(self.device))
+
+    def noisy_batch(self, input_ids: torch.Tensor, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CoDA's forward process: t ~ U(eps, 1) per row, each token masked with prob. t.
+
+        Position 0 is never masked (its own output predicts it after the shift).
+        Returns (noisy ids, mask [B, L] bool, t [B]).
+        """
+        batch, length = input_ids.shape
+        t = TRAIN_EPS + (1 - TRAIN_EPS) * torch.rand(batch, generator=generator)
+        masked = torch.rand(batch, length, generator=generator) < t[:, None]
+        masked[:, 0] = False
+        noisy = input_ids.masked_fill(masked.to(input_ids.device), self.tokens.mask)
+        return noisy, masked, t
+
+    def loss(self, input_ids: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+        """Masked-token cross-entropy weighted by 1/t, summed over masked tokens and divided
+        by the batch's token count (CoDA/LLaDA recipe). `seed` fixes the masking."""
+        input_ids = input_ids.to(self.device)
+        noisy, masked, t = self.noisy_batch(input_ids.cpu(), seeded_generator(seed))
+        masked, t = masked.to(self.device), t.to(self.device)
+        logits = self.logits(noisy.to(self.device))
+        ce = F.cross_entropy(logits[masked].float(), input_ids[masked], reduction="none")
+        weights = (1.0 / t)[:, None].expand_as(masked)[masked]
+        return (ce * weights).sum() / input_ids.numel()
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[PromptLike], options: GenerationOptions | None = None,
+                 diffusion: DiffusionOptions | None = None, **overrides) -> list[str]:
+        """Denoise `max_new_tokens` masks after each prompt (left-padded with pad tokens).
+
+        The answer is cut at the first end-of-turn / end-of-text token, then at stop strings.
+        """
+        opt = resolve_options(options, overrides)
+        dopt = diffusion or self.diffusion
+        encoded = [self.encode(self.render(p)) for p in prompts]
+        stops = set(self.stop_token_ids())
+        generator = seeded_generator(opt.seed, self.device)
+        out: list[str] = [""] * len(encoded)
+        for idx in batches(len(encoded), opt.batch_size, [len(e) for e in encoded]):
+            ids, _ = pad_batch([encoded[i] for i in idx], self.tokens.pad, side="left")
+            filled = diffusion_sample(
+                self.logits, ids.to(self.device), max_new_tokens=opt.max_new_tokens,
+                mask_id=self.tokens.mask, opts=dopt, temperature=opt.temperature,
+                top_p=opt.top_p, top_k=opt.top_k, generator=generator,
+            )
+            for row, i in enumerate(idx):
+                answer = filled[row, ids.shape[1]:].tolist()
+                end = next((j for j, tok in enumerate(answer) if tok in stops), len(answer))
+                text = self.tokenizer.decode(answer[:end], skip_special_tokens=True)
+                out[i] = cut_at_stops(text, opt.stop)
+        return out
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[PromptLike], targets: Sequence[str], *,
+              batch_size: int = 8, seed: int = 0,
+              mask_ratios: Sequence[float] = SCORE_MASK_RATIOS) -> ScoreResult:
+        """Masked reconstruction of each target given its prompt, at seeded mask ratios.
+
+        For every sample and ratio r a seeded set of round(r * n) target positions is masked;
+        accuracy / log-prob are averaged over all masked positions of all ratios.
+        """
+        if len(prompts) != len(targets):
+            raise ValueError("prompts and targets differ in length")
+        rows: list[tuple[int, list[int], torch.Tensor]] = []  # (sample, ids, masked positions)
+        for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+            ctx, tgt = self.encode(self.render(prompt)), self.encode(target)
+            if not tgt:
+                raise ValueError(f"target {i} is empty")
+            gen = seeded_generator(seed * 1_000_003 + i)
+            for ratio in mask_ratios:
+                rows.append((i, ctx + tgt, mask_positions(len(tgt), ratio, gen) + len(ctx)))
+        correct = [0.0] * len(prompts)
+        logprob = [0.0] * len(prompts)
+        count = [0] * len(prompts)
+        for idx in batches(len(rows), batch_size, [len(r[1]) for r in rows]):
+            ids, _ = pad_batch([rows[j][1] for j in idx], self.tokens.pad, side="right")
+            noisy = ids.clone()
+            for row, j in enumerate(idx):
+                noisy[row, rows[j][2]] = self.tokens.mask
+            logits = self.logits(noisy)
+            for row, j in enumerate(idx):
+                sample, _, pos = rows[j]
+                ok, lp = token_stats(logits[row, pos.to(logits.device)],
+                                     ids[row, pos].to(logits.device))
+                correct[sample] += ok.sum().item()
+                logprob[sample] += lp.sum().item()
+                count[sample] += len(pos)
+        return ScoreResult(
+            accuracy=[c / n for c, n in zip(correct, count, strict=True)],
+            logprob=[lp / n for lp, n in zip(logprob, count, strict=True)],
+            n_tokens=count,
+        )

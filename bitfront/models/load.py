@@ -1,0 +1,126 @@
+"""Turning a model name into a loaded `CodeLM`.
+
+A name is one of the known subjects (`qwen3-1.7b`, `coda-1.7b`), a pocket model
+(`pocket-ar`, `pocket-diffusion`, and their `-micro` twins; trained on first use), a local
+directory in Hugging Face layout (CoDA's `config.json` selects the diffusion loader, anything
+else is loaded as a causal LM), a `.gguf` file, or a hub id `owner/name`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from bitfront.errors import CheckpointError, UnknownModelError
+from bitfront.kernels.attention import choose_attention
+from bitfront.models.base import CodeLM
+from bitfront.models.causal import CausalLM
+from bitfront.models.coda import is_coda_config, load_coda_network
+from bitfront.models.diffusion import DiffusionLM
+
+KNOWN_MODELS: dict[str, str] = {
+    "qwen3-1.7b": "Qwen/Qwen3-1.7B",
+    "coda-1.7b": "Salesforce/CoDA-v0-Instruct",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+    except Exception as exc:  # noqa: BLE001 - offline, missing repo, auth: one message
+        raise UnknownModelError(
+            f"could not fetch {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}); "
+            "if this machine is offline, download it elsewhere and pass its local directory"
+        ) from exc
+
+
+def resolve_model_path(name: str, *, show_progress: bool = True) -> Path:
+    """The local directory (or .gguf file) holding model `name`, fetching it if needed."""
+    from bitfront.pocket.store import pocket_dir, pocket_names
+
+    if name in pocket_names():
+        return pocket_dir(name, show_progress=show_progress)
+    if name in KNOWN_MODELS:
+        return _download(KNOWN_MODELS[name])
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists():
+            raise CheckpointError(f"{path} has no config.json: not a model directory")
+        if path.is_file() and path.suffix != ".gguf":
+            raise CheckpointError(f"{path} is a file but not a .gguf model")
+        return path
+    if _HUB_ID.match(name):
+        return _download(name)
+    known = ", ".join([*KNOWN_MODELS, *pocket_names()])
+    raise UnknownModelError(f"unknown model {name!r}: use one of {known}, a local directory, "
+                            "a .gguf file or a hub id like owner/name")
+
+
+def load_local(path: Path, *, name: str | None = None, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None, attn: str | None = None) -> CodeLM:
+    """Load a model directory or .gguf file through the loader its format calls for."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    attn = choose_attention(attn)
+    name = name or path.name
+    if path.suffix == ".gguf":
+        source, extra = path.parent, {"gguf_file": path.name}
+    else:
+        source, extra = path, {}
+        config = json.loads((path / "config.json").read_text())
+        if is_coda_config(config):
+            network, tokens = load_coda_network(path, dtype=dtype, device=device, attn=attn)
+            tokenizer = _tokenizer(path)
+            return DiffusionLM(name, network, tokenizer, tokens)
+    try:
+        tokenizer = (AutoTokenizer.from_pretrained(source, **extra) if extra
+                     else _tokenizer(source))
+        module, info = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation=attn, output_loading_info=True, **extra)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot load {path} as a causal LM: {exc}") from exc
+    if bad := [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]:
+        shown = ", ".join(str(k) for k in list(bad)[:5])
+        raise CheckpointError(f"{path} does not match its config: {len(bad)} missing or "
+                              f"mis-shaped tensors ({shown})")
+    return CausalLM(name, module.to(device), tokenizer)
+
+
+def _tokenizer(path: Path):
+    """The tokenizer class named in tokenizer_config.json (never remote code, and without
+    reading config.json, whose CoDA `auto_map` would ask for remote code)."""
+    from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    config_file = path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    cls = tokenizer_class_from_name(config.get("tokenizer_class") or "") or AutoTokenizer
+    try:
+        return cls.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} has no usable tokenizer files: {exc}") from exc
+
+
+def load_model(name: str, *, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None, attn: str | None = None,
+               show_progress: bool = True) -> CodeLM:
+    """Load any supported model by name (see the module docstring)."""
+    path = resolve_model_path(name, show_progress=show_progress)
+    return load_local(path, name=name, device=device, dtype=dtype, attn=attn)

@@ -1,0 +1,1 @@
+"""Scoring a candidate plan: accuracy proxy, latency, memory, HAWQ sensitivity."""

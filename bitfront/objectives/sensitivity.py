@@ -1,0 +1,117 @@
+"""HAWQ sensitivity: how much the loss suffers when a layer is quantized to b bits.
+
+Ω_i(b) = Tr(H_i) / n_i · ‖Q_b(W_i) − W_i‖², with H_i the loss Hessian w.r.t. layer i's
+weight (Hutchinson trace, kernels/hvp.py), n_i its number of weights and Q_b the GPTQ
+candidate. The cheap variant needs no trace: GPTQ's own reconstruction loss at b bits, a
+second-order estimate of the layer's output error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bitfront.evaluators.calibration import Calibration
+from bitfront.kernels.hvp import hutchinson_traces
+from bitfront.models.base import CodeLM
+from bitfront.search.candidates import Candidates
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class SensitivityRow:
+    layer: str
+    kind: str
+    block: int | None
+    bits: int
+    trace: float  # Tr(H_i), Hutchinson estimate
+    n_params: int
+    delta_sq: float  # ‖Q_b(W) − W‖²
+    omega: float  # HAWQ: trace / n · delta_sq
+    gptq_loss: float  # the cheap variant
+
+
+@dataclass
+class Sensitivity:
+    model: str
+    method: str
+    probes: int
+    rows: list[SensitivityRow]
+
+    def omega(self, layer: str, bits: int, cheap: bool = False) -> float:
+        if bits == 16:
+            return 0.0
+        for row in self.rows:
+            if row.layer == layer and row.bits == bits:
+                return row.gptq_loss if cheap else row.omega
+        raise KeyError((layer, bits))
+
+    def traces(self) -> dict[str, float]:
+        return {row.layer: row.trace for row in self.rows}
+
+    def ranked(self, bits: int) -> list[SensitivityRow]:
+        """Rows at `bits`, most sensitive first."""
+        return sorted((r for r in self.rows if r.bits == bits), key=lambda r: -r.omega)
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "model": self.model, "method": self.method,
+                "probes": self.probes, "rows": [asdict(r) for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Sensitivity:
+        return cls(model=data["model"], method=data["method"], probes=data["probes"],
+                   rows=[SensitivityRow(**r) for r in data["rows"]])
+
+    def save(self, directory: Path) -> tuple[Path, Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        json_path, csv_path = directory / "sensitivity.json", directory / "sensitivity.csv"
+        json_path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        with csv_path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(SensitivityRow.__dataclass_fields__))
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in self.rows)
+        return json_path, csv_path
+
+
+def hawq_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibration, *,
+                     probes: int = 4, method: str = "fd", eps: float = 1e-3, seed: int = 0,
+                     batches: int | None = None, show_progress: bool = True) -> Sensitivity:
+    """Traces on the calibration windows (clean; the diffusion loss masks them itself),
+    combined with every candidate's weight perturbation."""
+    space = candidates.space
+    modules = dict(lm.module.named_modules())
+    weights = {name: modules[name].weight for name in space.names()}
+    data = calibration.clean[:batches] if batches else calibration.clean
+    traces = hutchinson_traces(lambda b: lm.loss(b, seed=seed), lm.module, weights, data,
+                               probes=probes, method=method, eps=eps, seed=seed,
+                               show_progress=show_progress)
+    rows = []
+    for layer in space.layers:
+        original = candidates.weight(layer.name, 16).float()
+        for bits in candidates.settings.bits:
+            delta = float(((candidates.weight(layer.name, bits).float() - original) ** 2).sum())
+            trace = traces[layer.name]
+            rows.append(SensitivityRow(
+                layer=layer.name, kind=layer.kind, block=layer.block, bits=bits, trace=trace,
+                n_params=layer.numel, delta_sq=delta, omega=trace / layer.numel * delta,
+                gptq_loss=candidates.gptq_loss(layer.name, bits)))
+    return Sensitivity(model=lm.name, method=method, probes=probes, rows=rows)
+
+
+def cached_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibration, *,
+                       probes: int = 4, method: str = "fd", eps: float = 1e-3, seed: int = 0,
+                       batches: int | None = None, show_progress: bool = True) -> Sensitivity:
+    """`hawq_sensitivity`, stored beside the candidates it was computed from."""
+    path = candidates.directory / (f"sensitivity-{method}-p{probes}-e{eps:g}-s{seed}"
+                                   f"-b{batches or 'all'}.json")
+    if path.exists():
+        return Sensitivity.from_dict(json.loads(path.read_text()))
+    sens = hawq_sensitivity(lm, candidates, calibration, probes=probes, method=method, eps=eps,
+                            seed=seed, batches=batches, show_progress=show_progress)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(sens.to_dict(), indent=1) + "\n")
+    tmp.replace(path)
+    return sens

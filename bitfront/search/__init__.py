@@ -1,0 +1,1 @@
+"""The optimizer: candidate cache, plan application, ILP seeds, Optuna study, fronts."""

@@ -1,0 +1,63 @@
+"""Applying a bit plan to the live model: cached candidate weights are copied into the
+layers in place (only the layers whose bitwidth changes), and the originals (the 16-bit
+candidates) are copied back on restore. No model copy, no re-quantization."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from bitfront.errors import PlanError
+from bitfront.models.base import CodeLM
+from bitfront.search.candidates import Candidates
+from bitfront.space.plan import BitPlan
+
+
+class PlanApplier:
+    """Owns the quantizable weights of `lm` while plans are applied; starts from (and
+    restores to) the weights as loaded."""
+
+    def __init__(self, lm: CodeLM, candidates: Candidates):
+        self.lm = lm
+        self.candidates = candidates
+        modules = dict(lm.module.named_modules())
+        self.weights = {name: modules[name].weight for name in candidates.space.names()}
+        self.current = dict.fromkeys(self.weights, 16)
+
+    def check(self, plan: BitPlan) -> None:
+        plan.validate(self.candidates.space, self.lm.fingerprint())
+        settings = self.candidates.settings
+        for name, spec in plan.specs.items():
+            if spec.bits not in self.candidates.bits:
+                raise PlanError(f"{name}: no candidate at {spec.bits} bits (cached: "
+                                f"{self.candidates.bits})")
+            if spec.quantized and (spec.group_size, spec.sym) != (settings.group_size,
+                                                                  settings.sym):
+                raise PlanError(f"{name}: plan asks group size {spec.group_size}, "
+                                f"sym={spec.sym}; candidates have {settings.group_size}, "
+                                f"sym={settings.sym}")
+
+    def apply(self, plan: BitPlan) -> int:
+        """Swap in `plan`'s weights; returns how many layers changed."""
+        self.check(plan)
+        changed = 0
+        for name, spec in plan.specs.items():
+            if self.current[name] != spec.bits:
+                self.weights[name].data.copy_(self.candidates.weight(name, spec.bits))
+                self.current[name] = spec.bits
+                changed += 1
+        return changed
+
+    def restore(self) -> None:
+        for name, bits in self.current.items():
+            if bits != 16:
+                self.weights[name].data.copy_(self.candidates.weight(name, 16))
+                self.current[name] = 16
+
+    @contextmanager
+    def applied(self, plan: BitPlan) -> Iterator[None]:
+        self.apply(plan)
+        try:
+            yield
+        finally:
+            self.restore()

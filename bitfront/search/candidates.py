@@ -1,0 +1,242 @@
+"""The candidate cache: every quantizable layer at every bitwidth, computed once.
+
+Candidates of a model are keyed by the model fingerprint, the calibration fingerprint, the
+quantizer settings and the layer space; they live in `<cache>/candidates/<key>/`, one
+safetensors file per layer holding the original weight (`w16`), each bitwidth's dequantized
+weight and its packed form, with GPTQ's loss and a checksum in the metadata. Files are written
+atomically (temp file + rename); an entry that fails to parse or whose checksum does not match
+is recomputed, and a killed run resumes from the layers already on disk (only the missing
+layers' Hessians are captured again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from bitfront.evaluators.calibration import Calibration
+from bitfront.kernels.gptq import GPTQResult, gptq_quantize
+from bitfront.kernels.hessian import capture_hessians
+from bitfront.kernels.quant import PackedWeight, rtn_quantize
+from bitfront.models.base import CodeLM
+from bitfront.paths import cache_dir
+from bitfront.progress import progress_bar
+from bitfront.space.layers import LayerSpace
+
+FORMAT = 1
+PACKED_FIELDS = ("qweight", "qzeros", "scales", "g_idx")
+
+
+@dataclass(frozen=True)
+class QuantizerSettings:
+    """How candidates are computed (GPTQ options shared by every bitwidth)."""
+
+    bits: tuple[int, ...] = (2, 3, 4, 8)
+    group_size: int = 128
+    sym: bool = False
+    act_order: bool = False
+    static_groups: bool = False
+    percdamp: float = 0.01
+    blocksize: int = 128
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "bits": list(self.bits)}
+
+
+def candidate_key(model: str, calibration: str, settings: QuantizerSettings,
+                  space: LayerSpace) -> str:
+    blob = json.dumps({"format": FORMAT, "model": model, "calibration": calibration,
+                       "settings": settings.to_dict(), "layers": space.names()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for key in sorted(tensors):
+        digest.update(key.encode())
+        digest.update(tensors[key].contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _layer_weight(module: nn.Module) -> torch.Tensor:
+    return module.weight.detach()
+
+
+class Candidates:
+    """Read access to a complete candidate directory; weights are loaded once, on demand,
+    onto `device` in `dtype`."""
+
+    def __init__(self, directory: Path, space: LayerSpace, settings: QuantizerSettings,
+                 *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.directory = directory
+        self.space = space
+        self.settings = settings
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._weights: dict[tuple[str, int], torch.Tensor] = {}
+        manifest = json.loads((directory / "manifest.json").read_text())
+        self.losses: dict[str, dict[int, float]] = {
+            name: {int(b): v for b, v in losses.items()}
+            for name, losses in manifest["gptq_loss"].items()
+        }
+
+    @property
+    def key(self) -> str:
+        return self.directory.name
+
+    @property
+    def bits(self) -> tuple[int, ...]:
+        return (*self.settings.bits, 16)
+
+    def file(self, name: str) -> Path:
+        return self.directory / f"{name}.safetensors"
+
+    def weight(self, name: str, bits: int) -> torch.Tensor:
+        """The dequantized weight of `name` at `bits` (16: the original)."""
+        key = (name, bits)
+        if key not in self._weights:
+            with safe_open(self.file(name), framework="pt") as fh:
+                tensor = fh.get_tensor(f"w{bits}")
+            self._weights[key] = tensor.to(self.device, self.dtype)
+        return self._weights[key]
+
+    def preload(self) -> None:
+        for name in self.space.names():
+            for bits in self.bits:
+                self.weight(name, bits)
+
+    def packed(self, name: str, bits: int) -> PackedWeight:
+        layer = self.space[name]
+        with safe_open(self.file(name), framework="pt") as fh:
+            parts = {f: fh.get_tensor(f"{bits}.{f}") for f in PACKED_FIELDS}
+        return PackedWeight(bits=bits, group_size=self.settings.group_size,
+                            shape=(layer.out_features, layer.in_features), **parts)
+
+    def gptq_loss(self, name: str, bits: int) -> float:
+        return 0.0 if bits == 16 else self.losses[name][bits]
+
+
+def _write_layer(path: Path, original: torch.Tensor, results: dict[int, GPTQResult]) -> str:
+    dtype = original.dtype
+    tensors = {"w16": original.cpu().contiguous()}
+    meta = {"format": str(FORMAT)}
+    for bits, result in results.items():
+        tensors[f"w{bits}"] = result.weight.to(dtype).cpu().contiguous()
+        for field, tensor in result.packed.tensors().items():
+            tensors[f"{bits}.{field}"] = tensor.cpu().contiguous()
+        meta[f"loss.{bits}"] = repr(result.loss)
+    meta["checksum"] = _checksum(tensors)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, path)
+    return meta["checksum"]
+
+
+def _read_losses(path: Path, bits: tuple[int, ...]) -> dict[int, float] | None:
+    """GPTQ losses of a valid layer file, or None if the file is missing, truncated,
+    corrupted or incomplete."""
+    if not path.exists():
+        return None
+    try:
+        with safe_open(path, framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        expected = {"w16"} | {f"w{b}" for b in bits} | {
+            f"{b}.{f}" for b in bits for f in PACKED_FIELDS}
+        if set(tensors) != expected or meta.get("checksum") != _checksum(tensors):
+            return None
+        return {b: float(meta[f"loss.{b}"]) for b in bits}
+    except Exception:  # noqa: BLE001 - any unreadable file is simply recomputed
+        return None
+
+
+def _quantize_layer(module: nn.Module, hessian: torch.Tensor | None,
+                    settings: QuantizerSettings) -> dict[int, GPTQResult]:
+    weight = _layer_weight(module)
+    if hessian is None:  # embeddings: no input Hessian, round to nearest
+        out = {}
+        for bits in settings.bits:
+            dq, packed = rtn_quantize(weight, bits, settings.group_size, settings.sym)
+            loss = float(((dq.float() - weight.float()) ** 2).sum() / 2)
+            out[bits] = GPTQResult(bits=bits, weight=dq.float(), packed=packed, loss=loss)
+        return out
+    return gptq_quantize(weight, hessian, settings.bits, group_size=settings.group_size,
+                         sym=settings.sym, act_order=settings.act_order,
+                         static_groups=settings.static_groups, percdamp=settings.percdamp,
+                         blocksize=settings.blocksize)
+
+
+def _chunks(space: LayerSpace, names: list[str], max_bytes: int) -> list[list[str]]:
+    """Split layers into calibration passes whose Hessians fit in `max_bytes` (fp32),
+    never splitting a decoder block (its linears share Hessians)."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    block = object()
+    for name in names:
+        layer = space[name]
+        cost = layer.in_features**2 * 4
+        if current and layer.block != block and size + cost > max_bytes:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += cost
+        block = layer.block
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def build_candidates(lm: CodeLM, space: LayerSpace, calibration: Calibration, *,
+                     settings: QuantizerSettings | None = None, root: Path | None = None,
+                     hessian_dtype: torch.dtype = torch.float32,
+                     max_hessian_bytes: int = 4 << 30, show_progress: bool = True
+                     ) -> Candidates:
+    """Compute (or resume, or just open) the candidates of every layer of `space`."""
+    settings = settings or QuantizerSettings()
+    root = root or cache_dir() / "candidates"
+    key = candidate_key(lm.fingerprint(), calibration.fingerprint(), settings, space)
+    directory = root / key
+    directory.mkdir(parents=True, exist_ok=True)
+    modules = dict(lm.module.named_modules())
+    losses: dict[str, dict[int, float]] = {}
+    todo = []
+    for name in space.names():
+        found = _read_losses(directory / f"{name}.safetensors", settings.bits)
+        if found is None:
+            todo.append(name)
+        else:
+            losses[name] = found
+    if todo:
+        with progress_bar() as bar:
+            task = bar.add_task("GPTQ candidates", total=len(todo), info="",
+                                visible=show_progress)
+            for chunk in _chunks(space, todo, max_hessian_bytes):
+                linears = {n: modules[n] for n in chunk if isinstance(modules[n], nn.Linear)}
+                bar.update(task, info=f"calibrating {len(linears)} layers")
+                hessians = capture_hessians(lm.logits, linears, calibration.batches,
+                                            dtype=hessian_dtype)
+                for name in chunk:
+                    bar.update(task, info=name)
+                    results = _quantize_layer(modules[name], hessians.get(name), settings)
+                    _write_layer(directory / f"{name}.safetensors",
+                                 _layer_weight(modules[name]), results)
+                    losses[name] = {b: r.loss for b, r in results.items()}
+                    bar.advance(task)
+                del hessians
+    manifest = {"format": FORMAT, "key": key, "model": lm.name, "settings": settings.to_dict(),
+                "calibration": calibration.config.to_dict(), "layers": space.names(),
+                "gptq_loss": {n: {str(b): v for b, v in losses[n].items()}
+                              for n in space.names()}}
+    tmp = directory / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, directory / "manifest.json")
+    return Candidates(directory, space, settings, device=lm.device, dtype=lm.dtype)

@@ -1,0 +1,1 @@
+"""What can be chosen: quantizable layers, grouping, QuantSpec/BitPlan, memory, export."""

@@ -1,0 +1,1 @@
+"""Ready-made study specs and reports (CoDA vs Qwen3)."""

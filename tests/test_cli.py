@@ -1,0 +1,65 @@
+"""The `bitfront` command as a user runs it: real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import bitfront
+
+
+def bitfront_cmd(*args: str, env: dict | None = None, timeout: int = 600):
+    return subprocess.run([sys.executable, "-m", "bitfront.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_help_and_version():
+    res = bitfront_cmd("--help")
+    assert res.returncode == 0 and "pocket" in res.stdout and "generate" in res.stdout
+    res = bitfront_cmd("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"bitfront {bitfront.__version__}"
+
+
+def test_bad_model_names_give_one_line_errors(tmp_path):
+    for name, expect in [("no-such-model", "unknown model"), (str(tmp_path), "no config.json")]:
+        res = bitfront_cmd("generate", name, "def f():")
+        assert res.returncode == 1
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0]
+
+
+def test_pocket_train_micro_then_generate_from_both(tmp_path):
+    env = {"BITFRONT_CACHE": str(tmp_path)}
+    res = bitfront_cmd("pocket", "train", "--size", "micro", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "MBPP top-1" in res.stdout
+    assert f"pocket-diffusion-micro: {tmp_path / 'pocket' / 'pocket-diffusion-micro'}" in res.stdout
+    for name in ("pocket-ar-micro", "pocket-diffusion-micro"):
+        assert (tmp_path / "pocket" / name / "model.safetensors").exists()
+        res = bitfront_cmd("generate", name, "def add(a, b):", "--max-new-tokens", "24",
+                           env=env)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip(), f"{name} printed nothing"
+    res = bitfront_cmd("pocket", "train", "--size", "micro", env=env)
+    assert res.returncode == 0 and "already trained" in res.stdout
+
+
+def test_quantize_and_sense_on_a_micro_model(tmp_path, micro_pair):
+    res = bitfront_cmd("quantize", "pocket-ar-micro", "--bits", "4", "--out",
+                       str(tmp_path / "plan.json"), "--calib-samples", "8",
+                       "--calib-seq-len", "64")
+    assert res.returncode == 0, res.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["schema"] == 1 and {s["bits"] for s in plan["layers"].values()} == {4}
+    assert plan["meta"]["quantizer"]["bits"] == [2, 3, 4, 8]
+    res = bitfront_cmd("sense", "pocket-ar-micro", "--out", str(tmp_path / "sense"),
+                       "--calib-samples", "8", "--calib-seq-len", "64", "--probes", "2",
+                       "--trace-batches", "1")
+    assert res.returncode == 0, res.stderr
+    assert "HAWQ sensitivity" in res.stdout and "down_proj" in res.stdout
+    rows = (tmp_path / "sense" / "sensitivity.csv").read_text().splitlines()
+    assert rows[0].startswith("layer,kind,block,bits,trace") and len(rows) == 1 + 14 * 4
+    res = bitfront_cmd("quantize", "pocket-ar-micro", "--bits", "5")
+    assert res.returncode == 1 and "not among the candidate bits" in res.stderr
