@@ -202,6 +202,94 @@ def cmd_sense(args) -> int:
     return EXIT_OK
 
 
+def _eval_config(args, bench: str):
+    from bitfront.evaluators.harness import EvalConfig
+
+    return EvalConfig(bench=bench, limit=args.limit, samples=args.samples,
+                      style=args.style, max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, top_p=args.top_p,
+                      batch_size=args.batch_size, seed=args.seed, workers=args.workers,
+                      timeout=args.timeout)
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--limit", type=int, help="first N tasks only")
+    g.add_argument("--samples", type=int, default=1, help="samples per task (n of pass@k)")
+    g.add_argument("--style", choices=["instruct", "fewshot", "plain"],
+                   help="prompt format (default: instruct for chat models, else plain)")
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=2, help="sandbox processes in parallel")
+    g.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
+    g.add_argument("--mbpp", help="MBPP directory or file (default: $BITFRONT_MBPP, else the "
+                                  "vendored copy; 'hub' for the Hugging Face dataset)")
+
+
+def cmd_eval(args) -> int:
+    from bitfront.evaluators.harness import evaluate
+    from bitfront.search.apply import PlanApplier, candidates_for_plan
+    from bitfront.search.fidelity import plan_digest
+    from bitfront.space.plan import BitPlan
+
+    lm = _load(args)
+    config = _eval_config(args, args.bench)
+    key, tag = lm.fingerprint(), "16bit"
+    plan = BitPlan.load(Path(args.plan)) if args.plan else None
+    if plan is not None:
+        tag = plan.meta.get("name") or Path(args.plan).stem
+        key = f"{key}-{plan_digest(plan)}"
+    out_path = Path(args.out) if args.out else _run_dir("eval", args.model) / (
+        f"{args.bench}-{tag}.json")
+    if plan is not None:
+        applier = PlanApplier(lm, candidates_for_plan(lm, plan))
+        applier.apply(plan)
+    report = evaluate(lm, config, out_path, model_key=key, mbpp_source=args.mbpp)
+    scores = ", ".join(f"{k} {report[k]:.1%}" for k in report if k.startswith("pass@"))
+    out.print(f"{lm.name} on {args.bench} ({report['tasks']} tasks, {report['style']} prompts"
+              f"{', plan ' + tag if plan else ''}): {scores}")
+    out.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(report["outcomes"].items())))
+    out.print(f"wrote {out_path}", soft_wrap=True)
+    return EXIT_OK
+
+
+def cmd_fidelity(args) -> int:
+    import json
+
+    from rich.table import Table
+
+    from bitfront.evaluators.proxy import AccuracyProxy, ProxyConfig
+    from bitfront.search.fidelity import fidelity_plans, measure_fidelity
+    from bitfront.space.plan import BitPlan
+
+    lm = _load(args)
+    candidates, _ = _candidates(args, lm)
+    proxy = AccuracyProxy(lm, ProxyConfig(n_tasks=args.proxy_tasks), mbpp_source=args.mbpp)
+    plans = fidelity_plans(candidates, lm.fingerprint(), mixed=args.mixed, seed=args.seed)
+    plans += [BitPlan.load(Path(p)) for p in args.plans]
+    directory = Path(args.out) if args.out else _run_dir("fidelity", args.model)
+    result = measure_fidelity(lm, candidates, plans, proxy, _eval_config(args, args.bench),
+                              directory, mbpp_source=args.mbpp)
+    table = Table(title=f"proxy fidelity of {lm.name} on {args.bench}")
+    for col in ("plan", "avg bits", "proxy retention", "likelihood retention", "pass@1"):
+        table.add_column(col, justify="left" if col == "plan" else "right")
+    for row in result.rows:
+        table.add_row(row["plan"], f"{row['avg_bits']:.2f}", f"{row['proxy_retention']:.3f}",
+                      f"{row['logprob_retention']:.3f}", f"{row['pass@1']:.1%}")
+    out.print(table)
+    if result.kendall_tau is None:
+        out.print(f"Kendall τ / Spearman ρ {result.note}")
+    else:
+        out.print(f"Kendall τ {result.kendall_tau:.3f}, Spearman ρ {result.spearman_rho:.3f}")
+    path = directory / "fidelity.json"
+    path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    out.print(f"wrote {path}", soft_wrap=True)
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from bitfront.models import load_model
 
@@ -275,6 +363,26 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default runs/sense/MODEL)")
     _add_quant_options(sense)
     sense.set_defaults(run=cmd_sense)
+
+    ev = verbs.add_parser("eval", help="full pass@k through the sandbox")
+    _add_model_options(ev)
+    ev.add_argument("--bench", choices=["mbpp", "humaneval"], required=True)
+    ev.add_argument("--plan", help="a bit plan (JSON) to apply first")
+    ev.add_argument("--out", help="report file (default runs/eval/MODEL/BENCH-PLAN.json); "
+                                  "re-running resumes it")
+    _add_eval_options(ev)
+    ev.set_defaults(run=cmd_eval)
+
+    fid = verbs.add_parser("fidelity", help="does the proxy rank plans like pass@1?")
+    _add_model_options(fid)
+    fid.add_argument("--bench", choices=["mbpp", "humaneval"], default="mbpp")
+    fid.add_argument("--mixed", type=int, default=3, help="random mixed plans to add")
+    fid.add_argument("--plans", nargs="*", default=[], help="more plan files to include")
+    fid.add_argument("--proxy-tasks", type=int, default=64)
+    fid.add_argument("--out", help="directory (default runs/fidelity/MODEL)")
+    _add_eval_options(fid)
+    _add_quant_options(fid)
+    fid.set_defaults(run=cmd_fidelity)
 
     demo = verbs.add_parser("demo", help="the whole pipeline offline, pocket-sized")
     demo.set_defaults(run=cmd_demo)

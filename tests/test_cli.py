@@ -63,3 +63,13 @@ def test_quantize_and_sense_on_a_micro_model(tmp_path, micro_pair):
     assert rows[0].startswith("layer,kind,block,bits,trace") and len(rows) == 1 + 14 * 4
     res = bitfront_cmd("quantize", "pocket-ar-micro", "--bits", "5")
     assert res.returncode == 1 and "not among the candidate bits" in res.stderr
+
+
+def test_eval_humaneval_end_to_end(tmp_path, micro_pair):
+    out = tmp_path / "he.json"
+    res = bitfront_cmd("eval", "pocket-ar-micro", "--bench", "humaneval", "--limit", "5",
+                       "--max-new-tokens", "32", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "pass@1" in res.stdout
+    report = json.loads(out.read_text())
+    assert report["tasks"] == 5 and len(report["results"]) == 5

@@ -156,10 +156,21 @@ class CodeLM(ABC):
                  **overrides) -> list[str]:
         """Completions of `prompts` (the answer only, cut at stop strings)."""
 
-    @abstractmethod
     def score(self, prompts: Sequence[PromptLike], targets: Sequence[str], *,
-              batch_size: int = 8, seed: int = 0) -> ScoreResult:
+              batch_size: int = 8, seed: int = 0, **options) -> ScoreResult:
         """Teacher-forced top-1 accuracy and mean log-prob of `targets` given `prompts`."""
+        if len(prompts) != len(targets):
+            raise ValueError("prompts and targets differ in length")
+        contexts = [self.encode(self.render(p)) for p in prompts]
+        encoded = [self.encode(t) for t in targets]
+        if empty := [i for i, t in enumerate(encoded) if not t]:
+            raise ValueError(f"targets {empty} are empty")
+        return self.score_tokens(contexts, encoded, batch_size=batch_size, seed=seed, **options)
+
+    @abstractmethod
+    def score_tokens(self, contexts: list[list[int]], targets: list[list[int]], *,
+                     batch_size: int = 8, seed: int = 0, **options) -> ScoreResult:
+        """`score` on token ids (callers that score the same texts often encode once)."""
 
 
 def resolve_options(options: GenerationOptions | None, overrides: dict) -> GenerationOptions:

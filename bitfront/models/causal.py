@@ -74,23 +74,17 @@ class CausalLM(CodeLM):
         return out
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[PromptLike], targets: Sequence[str], *,
-              batch_size: int = 8, seed: int = 0) -> ScoreResult:
-        """Next-token top-1 accuracy and mean log-prob of each target after its prompt."""
-        if len(prompts) != len(targets):
-            raise ValueError("prompts and targets differ in length")
-        ctx = [self.encode(self.render(p)) for p in prompts]
-        tgt = [self.encode(t) for t in targets]
-        if empty := [i for i, t in enumerate(tgt) if not t]:
-            raise ValueError(f"targets {empty} are empty")
-        seqs = [c + t for c, t in zip(ctx, tgt, strict=True)]
+    def score_tokens(self, contexts: list[list[int]], targets: list[list[int]], *,
+                     batch_size: int = 8, seed: int = 0) -> ScoreResult:
+        """Next-token top-1 accuracy and mean log-prob of each target after its context."""
+        seqs = [c + t for c, t in zip(contexts, targets, strict=True)]
         accuracy, logprob, count = [0.0] * len(seqs), [0.0] * len(seqs), [0] * len(seqs)
         for idx in batches(len(seqs), batch_size, [len(s) for s in seqs]):
             ids, mask = pad_batch([seqs[i] for i in idx], self.pad_token_id, side="right")
             logits = self.logits(ids, mask)
             for row, i in enumerate(idx):
-                # Without a prompt the first target token has no prediction: skip it.
-                first = max(len(ctx[i]), 1)
+                # Without a context the first target token has no prediction: skip it.
+                first = max(len(contexts[i]), 1)
                 end = len(seqs[i])
                 pos = torch.arange(first - 1, end - 1)
                 ok, lp = token_stats(logits[row, pos.to(logits.device)],

@@ -117,27 +117,22 @@ class DiffusionLM(CodeLM):
         return out
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[PromptLike], targets: Sequence[str], *,
-              batch_size: int = 8, seed: int = 0,
-              mask_ratios: Sequence[float] = SCORE_MASK_RATIOS) -> ScoreResult:
-        """Masked reconstruction of each target given its prompt, at seeded mask ratios.
+    def score_tokens(self, contexts: list[list[int]], targets: list[list[int]], *,
+                     batch_size: int = 8, seed: int = 0,
+                     mask_ratios: Sequence[float] = SCORE_MASK_RATIOS) -> ScoreResult:
+        """Masked reconstruction of each target given its context, at seeded mask ratios.
 
         For every sample and ratio r a seeded set of round(r * n) target positions is masked;
         accuracy / log-prob are averaged over all masked positions of all ratios.
         """
-        if len(prompts) != len(targets):
-            raise ValueError("prompts and targets differ in length")
         rows: list[tuple[int, list[int], torch.Tensor]] = []  # (sample, ids, masked positions)
-        for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
-            ctx, tgt = self.encode(self.render(prompt)), self.encode(target)
-            if not tgt:
-                raise ValueError(f"target {i} is empty")
+        for i, (ctx, tgt) in enumerate(zip(contexts, targets, strict=True)):
             gen = seeded_generator(seed * 1_000_003 + i)
             for ratio in mask_ratios:
                 rows.append((i, ctx + tgt, mask_positions(len(tgt), ratio, gen) + len(ctx)))
-        correct = [0.0] * len(prompts)
-        logprob = [0.0] * len(prompts)
-        count = [0] * len(prompts)
+        correct = [0.0] * len(contexts)
+        logprob = [0.0] * len(contexts)
+        count = [0] * len(contexts)
         for idx in batches(len(rows), batch_size, [len(r[1]) for r in rows]):
             ids, _ = pad_batch([rows[j][1] for j in idx], self.tokens.pad, side="right")
             noisy = ids.clone()

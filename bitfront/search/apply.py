@@ -61,3 +61,23 @@ class PlanApplier:
             yield
         finally:
             self.restore()
+
+
+def candidates_for_plan(lm: CodeLM, plan: BitPlan, *, show_progress: bool = True
+                        ) -> Candidates:
+    """The candidate cache a saved plan was made from (computed if missing), following the
+    quantizer and calibration settings recorded in its metadata."""
+    from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
+    from bitfront.search.candidates import QuantizerSettings, build_candidates
+    from bitfront.space.layers import layer_space
+
+    spec = next(iter(plan.specs.values()))
+    quantizer = plan.meta.get("quantizer") or {"group_size": spec.group_size, "sym": spec.sym}
+    settings = QuantizerSettings(**{**quantizer, "bits": tuple(quantizer.get("bits",
+                                                                             (2, 3, 4, 8)))})
+    calibration = calibration_set(lm, CalibrationConfig(**plan.meta.get("calibration", {})))
+    space = layer_space(lm, include_head="lm_head" in plan.specs,
+                        include_embeddings=any(n.endswith("embed_tokens") for n in plan.specs))
+    plan.validate(space, lm.fingerprint())
+    return build_candidates(lm, space, calibration, settings=settings,
+                            show_progress=show_progress)

@@ -1,0 +1,191 @@
+"""Full pass@k on MBPP or HumanEval: generate, cut, sanitise, execute in the sandbox, count.
+
+A run writes a journal (`<out>.partial.jsonl`: its settings, then one line per finished
+task) so that a killed run resumes where it stopped, and at the end a JSON report with the
+outcome of every sample of every task and pass@k for k ≤ n (unbiased estimator).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bitfront.errors import BitfrontError
+from bitfront.evaluators.humaneval import load_humaneval
+from bitfront.evaluators.mbpp import load_mbpp, mbpp_split
+from bitfront.evaluators.prompts import (
+    FEWSHOT_TASK_IDS,
+    CodePrompt,
+    default_style,
+    extract_code,
+    humaneval_prompt,
+    mbpp_prompt,
+    names_used,
+    sanitize,
+)
+from bitfront.evaluators.sandbox import Limits, Program, run_programs
+from bitfront.models.base import CodeLM, GenerationOptions
+from bitfront.progress import progress_bar
+
+BENCHES = ("mbpp", "humaneval")
+SCHEMA = 1
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of Chen et al. (2021): 1 - C(n - c, k) / C(n, k), computed stably."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+@dataclass(frozen=True)
+class BenchTask:
+    task_id: str
+    prompt: CodePrompt
+    tests: tuple[str, ...]
+    entry_point: str | None
+    reference: str  # the reference solution, as a complete program body
+
+
+def bench_tasks(bench: str, *, style: str, split: str = "test", limit: int | None = None,
+                mbpp_source=None) -> list[BenchTask]:
+    """The tasks of a benchmark with their prompts in `style`."""
+    if bench == "mbpp":
+        tasks = load_mbpp(mbpp_source)
+        shots = [t for t in tasks if t.task_id in FEWSHOT_TASK_IDS]
+        chosen = mbpp_split(tasks, split)[:limit]
+        return [BenchTask(task_id=f"mbpp/{t.task_id}", prompt=mbpp_prompt(t, style, shots),
+                          tests=(*t.test_imports, t.test_setup_code, *t.test_list),
+                          entry_point=_entry_point(t.test_list), reference=t.solution)
+                for t in chosen]
+    if bench == "humaneval":
+        return [BenchTask(task_id=t.task_id, prompt=humaneval_prompt(t, style), tests=t.tests,
+                          entry_point=t.entry_point,
+                          reference=t.prompt + t.canonical_solution)
+                for t in load_humaneval()[:limit]]
+    raise BitfrontError(f"unknown benchmark {bench!r}; choose from {BENCHES}")
+
+
+def _entry_point(tests) -> str | None:
+    """The function an MBPP task's asserts call first."""
+    import re
+
+    for test in tests:
+        if match := re.search(r"assert\s+(?:not\s+)?\(?\s*(?:set\()?\s*(\w+)\s*\(", test):
+            return match.group(1)
+    return None
+
+
+def program_for(task: BenchTask, answer: str) -> Program:
+    """The program to execute for one answer: prompt head + answer up to its stop, sanitised
+    down to what the entry point and the tests need."""
+    code = task.prompt.head + extract_code(answer, task.prompt.stop)
+    used = names_used("\n".join(task.tests))
+    return Program(code=sanitize(code, task.entry_point, used), tests=task.tests,
+                   name=task.task_id)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    bench: str = "mbpp"
+    split: str = "test"
+    limit: int | None = None
+    samples: int = 1
+    style: str | None = None  # None: instruct for chat models, plain otherwise
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 0.95
+    batch_size: int = 8
+    seed: int = 0
+    workers: int = 2
+    timeout: float = 10.0
+
+    def key(self, model: str) -> str:
+        blob = json.dumps({"model": model, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_journal(path: Path, key: str) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    if not lines or json.loads(lines[0]).get("key") != key:
+        raise BitfrontError(f"{path} holds a run with other settings or another model; "
+                            "choose another --out or delete it")
+    done = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill: redo that task
+            continue
+        done[record["task_id"]] = record
+    return done
+
+
+def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None = None,
+             mbpp_source=None, show_progress: bool = True) -> dict:
+    """Run (or resume) an evaluation and write its JSON report to `out`; returns it."""
+    style = config.style or default_style(lm)
+    tasks = bench_tasks(config.bench, style=style, split=config.split, limit=config.limit,
+                        mbpp_source=mbpp_source)
+    if config.samples > 1 and config.temperature == 0:
+        raise BitfrontError("several samples per task need sampling: set a temperature > 0")
+    key = config.key(model_key or lm.fingerprint())
+    journal = out.with_name(out.name + ".partial.jsonl")
+    done = _read_journal(journal, key)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not journal.exists():
+        journal.write_text(json.dumps({"key": key, "config": asdict(config)}) + "\n")
+    todo = [t for t in tasks if t.task_id not in done]
+    limits = Limits(timeout=config.timeout, cpu_seconds=int(config.timeout) + 1)
+    per_batch = max(1, config.batch_size // config.samples)
+    with progress_bar() as bar, journal.open("a") as log:
+        task_bar = bar.add_task(f"{config.bench} pass@k", total=len(tasks),
+                                completed=len(done), info="", visible=show_progress)
+        for start in range(0, len(todo), per_batch):
+            batch = todo[start : start + per_batch]
+            prompts = [t.prompt.prompt for t in batch for _ in range(config.samples)]
+            options = GenerationOptions(
+                max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                top_p=config.top_p, stop=batch[0].prompt.stop,
+                seed=config.seed + start, batch_size=config.batch_size)
+            answers = lm.generate(prompts, options)
+            programs = [program_for(t, answers[i * config.samples + s])
+                        for i, t in enumerate(batch) for s in range(config.samples)]
+            outcomes = run_programs(programs, limits=limits, workers=config.workers)
+            for i, task in enumerate(batch):
+                mine = outcomes[i * config.samples : (i + 1) * config.samples]
+                record = {"task_id": task.task_id,
+                          "passed": sum(o.passed for o in mine),
+                          "samples": [{"completion": answers[i * config.samples + s],
+                                       **mine[s].to_dict()} for s in range(config.samples)]}
+                done[task.task_id] = record
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            passed = sum(r["passed"] > 0 for r in done.values())
+            bar.update(task_bar, advance=len(batch), info=f"{passed} tasks passed")
+    report = summarize(lm.name, config, style, [done[t.task_id] for t in tasks])
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(out)
+    return report
+
+
+def summarize(model: str, config: EvalConfig, style: str, records: list[dict]) -> dict:
+    n = config.samples
+    ks = [k for k in (1, 10, 100) if k <= n]
+    scores = {f"pass@{k}": float(np.mean([pass_at_k(n, r["passed"], k) for r in records]))
+              for k in ks}
+    statuses: dict[str, int] = {}
+    for record in records:
+        for sample in record["samples"]:
+            statuses[sample["status"]] = statuses.get(sample["status"], 0) + 1
+    return {"schema": SCHEMA, "model": model, "bench": config.bench, "style": style,
+            "config": asdict(config), "tasks": len(records), **scores, "outcomes": statuses,
+            "results": records}
