@@ -37,7 +37,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                                  "(-micro), a local directory, a .gguf file or a hub id")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA)")
-    p.add_argument("--attn", help="attention backend: sdpa (default) | eager")
+    p.add_argument("--attn", choices=["flash", "sdpa", "eager"],
+                   help="attention backend (default flash: flash-attn or SDPA flash on CUDA, "
+                        "SDPA on CPU)")
 
 
 def _load(args):

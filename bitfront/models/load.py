@@ -78,7 +78,7 @@ def load_local(path: Path, *, name: str | None = None, device: torch.device | st
 
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    attn = choose_attention(attn)
+    attn = choose_attention(attn, device)
     name = name or path.name
     if path.suffix == ".gguf":
         source, extra = path.parent, {"gguf_file": path.name}

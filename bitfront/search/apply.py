@@ -1,13 +1,19 @@
-"""Applying a bit plan to the live model: cached candidate weights are copied into the
-layers in place (only the layers whose bitwidth changes), and the originals (the 16-bit
-candidates) are copied back on restore. No model copy, no re-quantization."""
+"""Applying a bit plan. For the search: cached candidate weights are copied into the live
+model's layers in place (only the layers whose bitwidth changes), and the originals (the 16-bit
+candidates) are copied back on restore; no model copy, no re-quantization. For latency and
+memory: a packed copy of the model whose quantized layers compute from low-bit storage."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
+from torch import nn
+
 from bitfront.errors import PlanError
+from bitfront.kernels.qlinear import QuantLinear
 from bitfront.models.base import CodeLM
 from bitfront.search.candidates import Candidates
 from bitfront.space.plan import BitPlan
@@ -81,3 +87,23 @@ def candidates_for_plan(lm: CodeLM, plan: BitPlan, *, show_progress: bool = True
     plan.validate(space, lm.fingerprint())
     return build_candidates(lm, space, calibration, settings=settings,
                             show_progress=show_progress)
+
+
+def packed_module(lm: CodeLM, plan: BitPlan, candidates: Candidates, *,
+                  dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None,
+                  kernel: str | None = None) -> nn.Module:
+    """A copy of `lm.module` in `dtype` whose quantized layers are `QuantLinear`s holding the
+    plan's packed candidates (the real low-bit model, for latency and memory)."""
+    PlanApplier(lm, candidates).check(plan)
+    device = torch.device(device) if device is not None else lm.device
+    module = copy.deepcopy(lm.module).to(device, dtype)
+    modules = dict(module.named_modules())
+    for name, spec in plan.specs.items():
+        if not spec.quantized:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        original = modules[name]
+        quant = QuantLinear(candidates.packed(name, spec.bits), getattr(original, "bias", None),
+                            dtype=dtype, device=device, kernel=kernel)
+        setattr(modules[parent_name] if parent_name else module, child, quant)
+    return module.eval()

@@ -1,0 +1,66 @@
+"""Checking the cost models against reality: the latency table's predictions against
+end-to-end timing of packed models, and analytic plan memory against the packed tensors."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import torch
+
+from bitfront.models.base import CodeLM
+from bitfront.objectives.latency import LatencyTable, measure_plan_latency
+from bitfront.objectives.memory import measure_memory
+from bitfront.progress import track
+from bitfront.search.apply import packed_module
+from bitfront.search.candidates import Candidates
+from bitfront.space.memory import plan_memory
+from bitfront.space.plan import BitPlan
+
+
+def validation_plans(candidates: Candidates, model: str, *, mixed: int = 5, seed: int = 0
+                     ) -> list[BitPlan]:
+    """The uniform plans (every candidate bitwidth and 16) and `mixed` seeded mixed plans."""
+    settings, space = candidates.settings, candidates.space
+    choices = sorted({*settings.bits, 16})
+    plans = [BitPlan.uniform(space, model, b, settings.group_size, settings.sym,
+                             name=f"uniform-{b}") for b in choices]
+    rng = random.Random(seed)
+    for k in range(mixed):
+        bits = {name: rng.choice(choices) for name in space.names()}
+        plans.append(BitPlan.from_bits(model, bits, settings.group_size, settings.sym,
+                                       name=f"mixed-{k}"))
+    return plans
+
+
+def validate_costs(lm: CodeLM, candidates: Candidates, table: LatencyTable,
+                   plans: list[BitPlan], *, dtype: torch.dtype = torch.bfloat16,
+                   repeats: int = 3, show_progress: bool = True) -> dict:
+    """Predicted vs measured latency and analytic vs measured memory, per plan; with the
+    median relative latency error."""
+    rows = []
+    for plan in track(plans, "validating costs", show=show_progress):
+        predicted = table.predict(candidates.space, plan)
+        memory = measure_memory(lambda p=plan: packed_module(lm, p, candidates, dtype=dtype),
+                                table.workload, vocab=len(lm.tokenizer), device=lm.device)
+        module = packed_module(lm, plan, candidates, dtype=dtype)
+        measured = measure_plan_latency(lm, module, table.workload, repeats=repeats)
+        analytic = plan_memory(candidates.space, plan)
+        rows.append({
+            "plan": plan.meta.get("name", ""),
+            "avg_bits": analytic.avg_bits,
+            "predicted_s": predicted["seconds"],
+            "measured_s": measured["seconds"],
+            "latency_rel_error": abs(predicted["seconds"] - measured["seconds"])
+            / measured["seconds"],
+            "analytic_bytes": analytic.total_bytes,
+            "parameter_bytes": memory.parameter_bytes,
+            "memory_rel_error": abs(memory.parameter_bytes - analytic.total_bytes)
+            / analytic.total_bytes,
+            "peak_bytes": memory.peak_bytes,
+            "peak_how": memory.how,
+        })
+        del module
+    return {"rows": rows,
+            "median_latency_rel_error": statistics.median(r["latency_rel_error"] for r in rows),
+            "max_memory_rel_error": max(r["memory_rel_error"] for r in rows)}

@@ -1,0 +1,163 @@
+"""Attention paths, the packed low-bit linear, packed models, and the latency / memory
+objectives (structure and agreement only: timings are never asserted in tests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bitfront.kernels.attention import SDPA_FLASH, choose_attention
+from bitfront.kernels.qlinear import QuantLinear, module_nbytes, unpack_fast
+from bitfront.kernels.quant import pack_rows, rtn_quantize, unpack_rows
+from bitfront.models import load_local, load_model
+from bitfront.objectives.latency import LatencyTable, Workload, measure_latency_table
+from bitfront.objectives.memory import measure_memory
+from bitfront.search.apply import PlanApplier, packed_module
+from bitfront.space.memory import plan_memory
+from bitfront.space.plan import BitPlan
+
+
+def test_attention_choice():
+    assert choose_attention("eager") == "eager" and choose_attention("sdpa") == "sdpa"
+    assert choose_attention(None, "cpu") == "sdpa"  # SDPA's fused CPU kernel
+    assert choose_attention("flash", "cuda") in ("flash_attention_2", SDPA_FLASH)
+    from bitfront.errors import BitfrontError
+
+    with pytest.raises(BitfrontError, match="unknown attention backend"):
+        choose_attention("xformers")
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "coda"])
+def test_attention_paths_agree(tiny_dirs, kind):
+    ids = torch.randint(0, 151000, (2, 10))
+    logits = {}
+    for attn in ("eager", "sdpa", "flash", SDPA_FLASH):
+        lm = load_model(str(tiny_dirs[kind]), device="cpu", attn=attn) if attn != SDPA_FLASH \
+            else _with_impl(tiny_dirs[kind], SDPA_FLASH)
+        with torch.no_grad():
+            logits[attn] = lm.logits(ids)
+    for attn, value in logits.items():
+        # Stated tolerance: max |Δlogit| < 1e-4 in float32 between any two paths.
+        assert (value - logits["eager"]).abs().max() < 1e-4, attn
+
+
+def _with_impl(directory, impl):
+    """The model with transformers' attention implementation set to `impl` (the CUDA choice
+    of `flash` without flash-attn, run here on CPU)."""
+    lm = load_local(directory, device="cpu", attn="sdpa")
+    lm.module.config._attn_implementation = impl
+    return lm
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_fast_unpack_matches_reference(bits):
+    values = torch.randint(0, 2**bits, (200, 9))
+    words = pack_rows(values, bits)
+    assert torch.equal(unpack_fast(words, bits, 200).long(), unpack_rows(words, bits, 200))
+
+
+@pytest.mark.parametrize("bits,group_size,sym", [(2, 64, False), (3, 128, False),
+                                                 (4, 128, False), (4, 64, True),
+                                                 (8, -1, True), (8, 128, False)])
+def test_quant_linear_computes_the_quantized_weight(bits, group_size, sym):
+    weight, bias = torch.randn(96, 256) * 0.05, torch.randn(96)
+    dq, packed = rtn_quantize(weight, bits, group_size, sym)
+    x = torch.randn(3, 5, 256)
+    expected = x @ dq.t() + bias
+    exact = QuantLinear(packed, bias, dtype=torch.float32)
+    assert exact.kernel == "dequant"
+    torch.testing.assert_close(exact(x), expected, rtol=1e-5, atol=1e-5)
+    fast = QuantLinear(packed, bias, dtype=torch.bfloat16)
+    want = {4: "int4pack", 8: "int8pack" if (group_size == -1 and sym) else "dequant"}
+    assert fast.kernel == want.get(bits, "dequant")
+    got = fast(x).float()
+    assert (got - expected).abs().max() < 0.02 * expected.abs().max()
+
+
+@pytest.fixture(scope="module")
+def packed_setup(micro_pair):
+    from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
+    from bitfront.search.candidates import QuantizerSettings, build_candidates
+    from bitfront.space.layers import layer_space
+
+    lm = load_local(micro_pair["pocket-ar-micro"], device="cpu")
+    space = layer_space(lm)
+    cands = build_candidates(lm, space, calibration_set(lm, CalibrationConfig(n_samples=16)),
+                             settings=QuantizerSettings(group_size=32), show_progress=False)
+    return lm, space, cands
+
+
+def test_packed_model_matches_fake_quant_and_analytic_memory(packed_setup):
+    lm, space, cands = packed_setup
+    fp = lm.fingerprint()
+    bits = dict(zip(space.names(), [2, 3, 4, 8, 16, 4, 2] * 2, strict=True))
+    ids = torch.randint(0, len(lm.tokenizer), (2, 24))
+    applier = PlanApplier(lm, cands)
+    for plan in [BitPlan.from_bits(fp, bits, 32), BitPlan.uniform(space, fp, 4, 32)]:
+        with applier.applied(plan), torch.no_grad():
+            fake = lm.logits(ids)
+        exact = packed_module(lm, plan, cands, dtype=torch.float32)
+        with torch.no_grad():
+            torch.testing.assert_close(exact(input_ids=ids).logits, fake, rtol=1e-4,
+                                       atol=1e-4)
+        real = packed_module(lm, plan, cands, dtype=torch.bfloat16)
+        kernels = {m.kernel for m in real.modules() if isinstance(m, QuantLinear)}
+        assert "int4pack" in kernels
+        with torch.no_grad():
+            out = real(input_ids=ids).logits.float()
+        assert (out - fake).abs().max() < 0.05 * fake.abs().max()
+        analytic = plan_memory(space, plan).total_bytes
+        assert abs(module_nbytes(real) - analytic) <= 0.01 * analytic
+    assert torch.equal(lm.module.model.layers[0].self_attn.q_proj.weight,
+                       cands.weight("model.layers.0.self_attn.q_proj", 16))
+
+
+def test_latency_table_is_additive_cached_and_validated(packed_setup, tmp_path):
+    from bitfront.search.validation import validate_costs, validation_plans
+
+    lm, space, cands = packed_setup
+    workload = Workload(prompt_len=8, answer_len=6)
+    table = measure_latency_table(lm, space, workload, group_size=32, repeats=1,
+                                  root=tmp_path, show_progress=False)
+    assert set(k.split("|")[0] for k in table.layers) == {"prefill", "decode"}
+    plan = BitPlan.from_bits(lm.fingerprint(), dict.fromkeys(space.names(), 4), 32)
+    pred = table.predict(space, plan)
+    by_hand = table.rest + sum(
+        calls * table.layer_time(phase, layer.out_features, layer.in_features, 4)
+        for phase, (_, calls) in workload.phases("ar").items() for layer in space.layers)
+    assert pred["seconds"] == pytest.approx(by_hand)
+    assert pred["per_token"] == pytest.approx(pred["seconds"] / 6)
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    again = measure_latency_table(lm, space, workload, group_size=32, root=tmp_path)
+    assert again == LatencyTable.from_dict(json.loads(files[0].read_text()))
+    report = validate_costs(lm, cands, table, validation_plans(cands, lm.fingerprint(),
+                                                               mixed=1),
+                            repeats=1, show_progress=False)
+    assert len(report["rows"]) == 6 and report["median_latency_rel_error"] >= 0
+    assert report["max_memory_rel_error"] < 0.01
+
+
+def test_diffusion_latency_counts_steps(micro_pair, tmp_path):
+    from bitfront.space.layers import layer_space
+
+    lm = load_local(micro_pair["pocket-diffusion-micro"], device="cpu")
+    space = layer_space(lm)
+    workload = Workload(prompt_len=8, answer_len=8, steps=4)
+    table = measure_latency_table(lm, space, workload, bits=(4, 16), group_size=32,
+                                  repeats=1, root=tmp_path, show_progress=False)
+    assert set(k.split("|")[0] for k in table.layers) == {"step"}
+    plan = BitPlan.uniform(space, lm.fingerprint(), 16, 32)
+    assert table.predict(space, plan)["per_step"] == pytest.approx(
+        table.predict(space, plan)["seconds"] / 4)
+
+
+def test_memory_measurement(packed_setup):
+    lm, space, cands = packed_setup
+    plan = BitPlan.uniform(space, lm.fingerprint(), 4, 32)
+    result = measure_memory(lambda: packed_module(lm, plan, cands), Workload(8, 8),
+                            vocab=len(lm.tokenizer), device=lm.device)
+    assert result.parameter_bytes == module_nbytes(packed_module(lm, plan, cands))
+    assert result.how == "cpu rss delta" and result.peak_bytes >= 0
