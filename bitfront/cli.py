@@ -13,7 +13,8 @@ from rich.console import Console
 import bitfront
 from bitfront.errors import BitfrontError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+# Stable exit codes for batch use.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_PLAN = 0, 1, 2, 3
 
 # Logs and pipes get a wide console so tables are not truncated; terminals use their width.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -292,6 +293,238 @@ def cmd_fidelity(args) -> int:
     return EXIT_OK
 
 
+def _setup(args):
+    from bitfront.evaluators.calibration import CalibrationConfig
+    from bitfront.evaluators.proxy import ProxyConfig
+    from bitfront.objectives.latency import Workload
+    from bitfront.search.candidates import QuantizerSettings
+    from bitfront.search.pipeline import Setup
+
+    return Setup(
+        quantizer=QuantizerSettings(bits=_bits_list(args.candidate_bits),
+                                    group_size=args.group_size, sym=args.sym,
+                                    act_order=args.act_order,
+                                    static_groups=args.static_groups, percdamp=args.percdamp),
+        calibration=CalibrationConfig(n_samples=args.calib_samples, seq_len=args.calib_seq_len,
+                                      seed=args.calib_seed, mask_aware=not args.no_mask_aware),
+        proxy=ProxyConfig(n_tasks=args.proxy_tasks),
+        workload=Workload(prompt_len=args.prompt_len, answer_len=args.answer_len,
+                          steps=args.steps),
+        include_head=args.include_head, include_embeddings=args.include_embeddings)
+
+
+def _search_config(args):
+    from bitfront.search.seeds import parse_bytes, parse_seconds
+    from bitfront.search.study import SearchConfig
+
+    return SearchConfig(
+        objectives=tuple(args.objectives.split(",")), accuracy=args.accuracy,
+        choices=_bits_list(args.choices), grouping=args.grouping, sampler=args.sampler,
+        population=args.population, seed=args.seed, ilp_budgets=args.ilp_budgets,
+        cheap_sensitivity=args.cheap_sensitivity,
+        memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
+        latency_budget=parse_seconds(args.latency_budget) if args.latency_budget else None)
+
+
+def _front_summary(study) -> dict:
+    from bitfront.search.front import (
+        hypervolume,
+        knee,
+        pareto_front,
+        points,
+        reference_point,
+        study_config,
+    )
+
+    config = study_config(study)
+    pts = points(study)
+    front = pareto_front(pts, config["objectives"])
+    best = knee(front, config["objectives"])
+    return {"study": study.study_name, "trials": len(pts),
+            "feasible": sum(p.feasible for p in pts),
+            "objectives": config["objectives"], "reference": reference_point(config),
+            "hypervolume": hypervolume(pts, config["objectives"], reference_point(config)),
+            "knee": best.number if best else None,
+            "front": [{"trial": p.number, "origin": p.origin, **_metrics(p.metrics)}
+                      for p in front]}
+
+
+def _metrics(metrics: dict) -> dict:
+    keys = ("retention", "logprob_retention", "memory_bytes", "avg_bits", "latency_s",
+            "per_token", "per_step")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _print_front(summary: dict) -> None:
+    from rich.table import Table
+
+    from bitfront.search.seeds import format_bytes
+
+    table = Table(title=f"Pareto front of {summary['study']} ({summary['trials']} trials, "
+                        f"{summary['feasible']} feasible)")
+    for col in ("trial", "origin", "retention", "memory", "avg bits", "latency s", ""):
+        table.add_column(col, justify="left" if col in ("origin", "") else "right")
+    for row in summary["front"]:
+        table.add_row(str(row["trial"]), row["origin"], f"{row['retention']:.4f}",
+                      format_bytes(row["memory_bytes"]), f"{row['avg_bits']:.2f}",
+                      f"{row['latency_s']:.4g}" if "latency_s" in row else "-",
+                      "knee" if row["trial"] == summary["knee"] else "")
+    out.print(table)
+    out.print(f"hypervolume {summary['hypervolume']:.4f} (normalised; reference: retention 0, "
+              f"memory {format_bytes(summary['reference']['memory'])}"
+              + (f", latency {summary['reference']['latency']:.4g} s)"
+                 if summary["reference"]["latency"] else ")"))
+
+
+def cmd_search(args) -> int:
+    import json
+
+    from bitfront.search.pipeline import build_search
+    from bitfront.search.study import default_run_dir, default_storage, write_pointer
+
+    lm = _load(args)
+    name = args.study_name or _run_dir("search", args.model).name
+    storage = args.storage or default_storage(name)
+    search = build_search(lm, _search_config(args), _setup(args), mbpp_source=args.mbpp,
+                          show_progress=not args.json)
+    study = search.run(storage, name, args.trials, worker=args.worker,
+                       show_progress=not args.json)
+    run_dir = default_run_dir(name)
+    write_pointer(run_dir, storage, name, lm.name)
+    summary = _front_summary(study)
+    (run_dir / "front.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        _print_front(summary)
+        out.print(f"study {name!r} in {storage}; front written to {run_dir / 'front.json'}",
+                  soft_wrap=True)
+    return EXIT_OK
+
+
+def _chosen_point(args, study):
+    from bitfront.search.front import best_under, points
+    from bitfront.search.seeds import parse_bytes, parse_seconds
+
+    pts = points(study)
+    if getattr(args, "trial", None) is not None:
+        for p in pts:
+            if p.number == args.trial:
+                return p
+        raise BitfrontError(f"trial {args.trial} is not a completed trial of the study")
+    memory = parse_bytes(args.memory) if args.memory else None
+    latency = parse_seconds(args.latency) if args.latency else None
+    return best_under(pts, memory=memory, latency=latency)
+
+
+def cmd_best(args) -> int:
+    import json
+
+    from bitfront.search.front import NoPlanError, plan_of, study_config
+    from bitfront.search.seeds import format_bytes
+    from bitfront.search.study import locate_study
+
+    study = locate_study(args.study, args.storage)
+    try:
+        point = _chosen_point(args, study)
+    except NoPlanError as exc:
+        if args.json:
+            sys.stdout.write(json.dumps({"found": False, "message": str(exc)}) + "\n")
+        else:
+            out.print(str(exc))
+        return EXIT_NO_PLAN
+    plan = plan_of(point, study_config(study))
+    result = {"found": True, "trial": point.number, "origin": point.origin,
+              "metrics": _metrics(point.metrics), "plan": plan.to_dict()}
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return EXIT_OK
+    m = result["metrics"]
+    out.print(f"trial {point.number} ({point.origin}): retention {m['retention']:.4f}, "
+              f"memory {format_bytes(m['memory_bytes'])} ({m['avg_bits']:.2f} bits/weight)"
+              + (f", latency {m['latency_s']:.4g} s/sample" if "latency_s" in m else ""))
+    counts: dict[int, int] = {}
+    for bits in plan.bits().values():
+        counts[bits] = counts.get(bits, 0) + 1
+    out.print("layers by bitwidth: " + ", ".join(f"{b}-bit {n}" for b, n in sorted(
+        counts.items())))
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    import json
+
+    import bitfront as package
+    from bitfront.search.front import NoPlanError, plan_of, study_config
+    from bitfront.search.study import locate_study
+    from bitfront.space.export import export_json, gptqmodel_config, llama_cpp_args
+
+    study = locate_study(args.study, args.storage)
+    args.memory, args.latency = args.best_under, None
+    if args.trial is None and args.best_under is None:
+        raise BitfrontError("choose the plan: --trial N or --best-under SIZE")
+    try:
+        point = _chosen_point(args, study)
+    except NoPlanError as exc:
+        err.print(str(exc))
+        return EXIT_NO_PLAN
+    config = study_config(study)
+    plan = plan_of(point, config)
+    if args.format == "json":
+        provenance = {"study": study.study_name, "trial": point.number, "origin": point.origin,
+                      "candidates": config["candidates"], "bitfront": package.__version__}
+        payload = json.dumps(export_json(plan, _metrics(point.metrics), provenance), indent=2)
+    elif args.format == "gptqmodel":
+        payload = json.dumps(gptqmodel_config(plan, act_order=config["quantizer"]["act_order"],
+                                              damp=config["quantizer"]["percdamp"]), indent=2)
+    else:
+        payload = " ".join(llama_cpp_args(plan))
+    if args.out:
+        Path(args.out).write_text(payload + "\n")
+    if args.checkpoint:
+        from bitfront.search.apply import candidates_for_plan
+        from bitfront.search.checkpoint import write_gptq_checkpoint
+
+        lm = _load(argparse.Namespace(model=args.model or config["model_name"],
+                                      device=args.device, dtype=args.dtype, attn=None))
+        plan.validate(layer_space_of(lm, plan), lm.fingerprint())
+        write_gptq_checkpoint(lm, plan, candidates_for_plan(lm, plan), Path(args.checkpoint))
+    if args.json:
+        sys.stdout.write(json.dumps({"trial": point.number, "format": args.format,
+                                     "out": args.out, "checkpoint": args.checkpoint,
+                                     "content": payload if not args.out else None}) + "\n")
+    elif args.out:
+        out.print(f"wrote {args.format} export of trial {point.number} to {args.out}",
+                  soft_wrap=True)
+    else:
+        sys.stdout.write(payload + "\n")
+    if args.checkpoint and not args.json:
+        out.print(f"wrote GPTQ checkpoint to {args.checkpoint}", soft_wrap=True)
+    return EXIT_OK
+
+
+def layer_space_of(lm, plan):
+    from bitfront.space.layers import layer_space
+
+    return layer_space(lm, include_head="lm_head" in plan.specs,
+                       include_embeddings=any(n.endswith("embed_tokens") for n in plan.specs))
+
+
+def cmd_dashboard(args) -> int:
+    from bitfront.search.study import open_storage, resolve_study
+
+    url, name = resolve_study(args.study, args.storage)
+    try:
+        from optuna_dashboard import run_server
+    except ImportError as exc:
+        raise BitfrontError("the dashboard needs optuna-dashboard: pip install "
+                            "'bitfront[dashboard]'") from exc
+    out.print(f"serving study {name!r} of {url} on http://{args.host}:{args.port}",
+              soft_wrap=True)
+    run_server(open_storage(url), host=args.host, port=args.port)
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from bitfront.models import load_model
 
@@ -385,6 +618,70 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_options(fid)
     _add_quant_options(fid)
     fid.set_defaults(run=cmd_fidelity)
+
+    srch = verbs.add_parser("search", help="the Pareto front of bit plans")
+    _add_model_options(srch)
+    srch.add_argument("--trials", type=int, default=60, help="finished trials to reach "
+                                                             "(all workers together)")
+    srch.add_argument("--memory-budget", help="e.g. 1.2GiB: plans above it are infeasible")
+    srch.add_argument("--latency-budget", help="e.g. 0.5s per generated sample")
+    srch.add_argument("--storage", help="Optuna storage: sqlite:///..., postgresql://..., or "
+                                        "a journal file (default runs/search/NAME/study.db)")
+    srch.add_argument("--study-name", help="default: the model's name")
+    srch.add_argument("--objectives", default="accuracy,memory,latency")
+    srch.add_argument("--accuracy", choices=["top1", "likelihood"], default="top1",
+                      help="proxy retention used as the accuracy objective")
+    srch.add_argument("--choices", default="2,3,4,8,16", help="bitwidths to choose from")
+    srch.add_argument("--grouping", choices=["linear", "block", "type"], default="linear")
+    srch.add_argument("--sampler", choices=["nsga2", "tpe"], default="nsga2")
+    srch.add_argument("--population", type=int, default=16, help="NSGA-II population")
+    srch.add_argument("--seed", type=int, default=0)
+    srch.add_argument("--worker", type=int, default=0,
+                      help="index of this worker when several share one study")
+    srch.add_argument("--ilp-budgets", type=int, default=6,
+                      help="HAWQ ILP seeds at this many memory budgets (0: unseeded)")
+    srch.add_argument("--cheap-sensitivity", action="store_true",
+                      help="seed from GPTQ's loss instead of Hessian traces")
+    srch.add_argument("--proxy-tasks", type=int, default=64)
+    srch.add_argument("--prompt-len", type=int, default=128, help="latency workload")
+    srch.add_argument("--answer-len", type=int, default=128, help="latency workload")
+    srch.add_argument("--steps", type=int, help="diffusion steps (default: answer length)")
+    srch.add_argument("--mbpp", help="MBPP directory or file")
+    srch.add_argument("--json", action="store_true", help="print the front as one JSON line")
+    _add_quant_options(srch)
+    srch.set_defaults(run=cmd_search)
+
+    def study_arg(p):
+        p.add_argument("study", help="a search run directory (runs/search/NAME) or a study "
+                                     "name (with --storage)")
+        p.add_argument("--storage", help="the study's Optuna storage URL or journal file")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    best = verbs.add_parser("best", help="the best plan under my budget")
+    study_arg(best)
+    best.add_argument("--memory", help="e.g. 1.2GiB")
+    best.add_argument("--latency", help="e.g. 0.5s")
+    best.set_defaults(run=cmd_best)
+
+    exp = verbs.add_parser("export", help="files for deployment")
+    study_arg(exp)
+    exp.add_argument("--trial", type=int)
+    exp.add_argument("--best-under", help="the best plan under this memory, e.g. 1.2GiB")
+    exp.add_argument("--format", choices=["json", "gptqmodel", "llama-cpp"], default="json")
+    exp.add_argument("--out", help="file to write (default: stdout)")
+    exp.add_argument("--checkpoint", help="also write a quantized checkpoint (GPTQ layout) "
+                                          "to this directory")
+    exp.add_argument("--model", help="model to quantize for --checkpoint (default: the "
+                                     "study's)")
+    exp.add_argument("--device")
+    exp.add_argument("--dtype")
+    exp.set_defaults(run=cmd_export)
+
+    dash = verbs.add_parser("dashboard", help="optuna-dashboard on a study's storage")
+    study_arg(dash)
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=int, default=8080)
+    dash.set_defaults(run=cmd_dashboard)
 
     demo = verbs.add_parser("demo", help="the whole pipeline offline, pocket-sized")
     demo.set_defaults(run=cmd_demo)

@@ -10,9 +10,10 @@ import sys
 import bitfront
 
 
-def bitfront_cmd(*args: str, env: dict | None = None, timeout: int = 600):
+def bitfront_cmd(*args: str, env: dict | None = None, timeout: int = 600, cwd=None):
     return subprocess.run([sys.executable, "-m", "bitfront.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                          cwd=cwd)
 
 
 def test_help_and_version():
@@ -73,3 +74,40 @@ def test_eval_humaneval_end_to_end(tmp_path, micro_pair):
     assert "pass@1" in res.stdout
     report = json.loads(out.read_text())
     assert report["tasks"] == 5 and len(report["results"]) == 5
+
+
+SMALL_SEARCH = ["--population", "8", "--ilp-budgets", "3", "--group-size", "32",
+                "--calib-samples", "16", "--calib-seq-len", "64", "--proxy-tasks", "16",
+                "--prompt-len", "16", "--answer-len", "8"]
+
+
+def test_search_best_and_export_for_batch_jobs(tmp_path, micro_pair):
+    res = bitfront_cmd("search", "pocket-ar-micro", "--trials", "10", *SMALL_SEARCH, "--json",
+                       cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["trials"] == 10 and summary["front"] and 0 < summary["hypervolume"] <= 1
+    run = tmp_path / "runs" / "search" / "pocket-ar-micro"
+    assert json.loads((run / "study.json").read_text())["study_name"] == "pocket-ar-micro"
+    smallest = min(row["memory_bytes"] for row in summary["front"])
+    res = bitfront_cmd("best", str(run), "--memory", str(smallest + 1), "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    best = json.loads(res.stdout)
+    assert best["found"] and best["metrics"]["memory_bytes"] <= smallest + 1
+    res = bitfront_cmd("best", "pocket-ar-micro", "--memory", "1KB", cwd=tmp_path)
+    assert res.returncode == 3
+    assert res.stdout.strip().startswith("no plan within budget; the smallest is")
+    for fmt in ("json", "gptqmodel", "llama-cpp"):
+        out = tmp_path / f"export.{fmt}"
+        res = bitfront_cmd("export", str(run), "--trial", str(best["trial"]), "--format", fmt,
+                           "--out", str(out), cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        text = out.read_text()
+        if fmt == "json":
+            assert json.loads(text)["provenance"]["trial"] == best["trial"]
+        elif fmt == "gptqmodel":
+            assert "dynamic" in json.loads(text)
+        else:
+            assert text.startswith("--tensor-type blk.0.attn_q=")
+    res = bitfront_cmd("export", str(run), "--trial", "999", cwd=tmp_path)
+    assert res.returncode == 1 and "not a completed trial" in res.stderr

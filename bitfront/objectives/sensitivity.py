@@ -115,3 +115,13 @@ def cached_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibrat
     tmp.write_text(json.dumps(sens.to_dict(), indent=1) + "\n")
     tmp.replace(path)
     return sens
+
+
+def gptq_loss_sensitivity(model: str, candidates: Candidates) -> Sensitivity:
+    """The cheap variant as a table: Ω_i(b) = GPTQ's reconstruction loss (no traces)."""
+    rows = [SensitivityRow(layer=layer.name, kind=layer.kind, block=layer.block, bits=bits,
+                           trace=float("nan"), n_params=layer.numel, delta_sq=float("nan"),
+                           omega=candidates.gptq_loss(layer.name, bits),
+                           gptq_loss=candidates.gptq_loss(layer.name, bits))
+            for layer in candidates.space.layers for bits in candidates.settings.bits]
+    return Sensitivity(model=model, method="gptq-loss", probes=0, rows=rows)

@@ -83,6 +83,7 @@ class Candidates:
         self.dtype = dtype
         self._weights: dict[tuple[str, int], torch.Tensor] = {}
         manifest = json.loads((directory / "manifest.json").read_text())
+        self.calibration: dict = manifest["calibration"]
         self.losses: dict[str, dict[int, float]] = {
             name: {int(b): v for b, v in losses.items()}
             for name, losses in manifest["gptq_loss"].items()

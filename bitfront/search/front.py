@@ -1,0 +1,151 @@
+"""Fronts of a study: the Pareto-optimal plans (feasible trials only), their hypervolume, the
+knee, and the best plan under a user's budget. Works from the stored study alone (no model).
+
+Hypervolume is computed in normalised objective space against a stated reference point:
+accuracy retention 0, the memory of the all-16-bit plan, and the latency of the slowest
+possible plan (every layer at its slowest bitwidth); each objective is divided by its
+reference (retention is negated), so a plan keeping everything at no cost would score 1.
+The knee is the front point nearest the ideal point once each objective is scaled to [0, 1]
+over the front.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume
+from optuna.trial import TrialState
+
+from bitfront.errors import BitfrontError
+from bitfront.search.seeds import format_bytes
+from bitfront.search.study import CONFIG_ATTR, OBJECTIVES
+from bitfront.space.plan import BitPlan
+
+
+class NoPlanError(BitfrontError):
+    """No plan of the study meets the budget."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One completed trial: its bits per group, objective values and recorded metrics."""
+
+    number: int
+    bits: dict[str, int]
+    values: tuple[float, ...]
+    metrics: dict
+    feasible: bool
+    origin: str
+
+
+def study_config(study: optuna.Study) -> dict:
+    config = study.user_attrs.get(CONFIG_ATTR)
+    if config is None:
+        raise BitfrontError(f"study {study.study_name!r} was not made by bitfront search")
+    return config
+
+
+def points(study: optuna.Study) -> list[Point]:
+    out = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        out.append(Point(number=trial.number, bits=dict(trial.params),
+                         values=tuple(trial.values), metrics=dict(trial.user_attrs),
+                         feasible=all(c <= 0 for c in trial.constraints.values()),
+                         origin=trial.user_attrs.get("origin", "")))
+    return out
+
+
+def _losses(values, objectives) -> np.ndarray:
+    """Objective values as minimisation losses."""
+    signs = np.array([-1.0 if OBJECTIVES[o] == "maximize" else 1.0 for o in objectives])
+    return np.asarray(values, dtype=float) * signs
+
+
+def pareto_front(pts: list[Point], objectives: list[str]) -> list[Point]:
+    """Non-dominated feasible points, by ascending first loss."""
+    feasible = [p for p in pts if p.feasible]
+    if not feasible:
+        return []
+    losses = _losses([p.values for p in feasible], objectives)
+    keep = []
+    for i, row in enumerate(losses):
+        dominated = np.any(np.all(losses <= row, axis=1) & np.any(losses < row, axis=1))
+        if not dominated:
+            keep.append(i)
+    # Identical points: keep the earliest trial only.
+    front, seen = [], set()
+    for i in sorted(keep, key=lambda k: (tuple(losses[k]), feasible[k].number)):
+        key = tuple(losses[i])
+        if key not in seen:
+            seen.add(key)
+            front.append(feasible[i])
+    return front
+
+
+def reference_point(config: dict) -> dict[str, float]:
+    return {"accuracy": 0.0, "memory": float(config["reference"]["memory"]),
+            "latency": float(config["reference"].get("latency") or 0.0)}
+
+
+def normalised_losses(values, objectives: list[str], reference: dict[str, float]
+                      ) -> np.ndarray:
+    """Losses scaled so the reference point is 0 for accuracy and 1 for costs."""
+    losses = _losses(values, objectives)
+    scale = np.array([1.0 if o == "accuracy" else reference[o] for o in objectives])
+    return losses / scale
+
+
+def hypervolume(pts: list[Point], objectives: list[str], reference: dict[str, float]) -> float:
+    front = pareto_front(pts, objectives)
+    if not front:
+        return 0.0
+    losses = normalised_losses([p.values for p in front], objectives, reference)
+    ref = np.array([0.0 if o == "accuracy" else 1.0 for o in objectives])
+    inside = losses[np.all(losses < ref, axis=1)]
+    if len(inside) == 0:
+        return 0.0
+    return float(compute_hypervolume(inside, ref, assume_pareto=False))
+
+
+def knee(front: list[Point], objectives: list[str]) -> Point | None:
+    if not front:
+        return None
+    losses = _losses([p.values for p in front], objectives)
+    low, high = losses.min(axis=0), losses.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    distance = np.linalg.norm((losses - low) / span, axis=1)
+    return front[int(np.argmin(distance))]
+
+
+def best_under(pts: list[Point], *, memory: int | None = None, latency: float | None = None,
+               accuracy: str = "retention") -> Point:
+    """The most accurate feasible plan within the budgets (ties: less memory)."""
+    if memory is None and latency is None:
+        raise BitfrontError("give a memory and/or a latency budget")
+    feasible = [p for p in pts if p.feasible]
+    fits = [p for p in feasible
+            if (memory is None or p.metrics["memory_bytes"] <= memory)
+            and (latency is None or p.metrics.get("latency_s", float("inf")) <= latency)]
+    if not fits:
+        if memory is not None and feasible:
+            smallest = min(p.metrics["memory_bytes"] for p in feasible)
+            raise NoPlanError(f"no plan within budget; the smallest is "
+                              f"{format_bytes(smallest)}")
+        if latency is not None and feasible:
+            fastest = min(p.metrics.get("latency_s", float("inf")) for p in feasible)
+            raise NoPlanError(f"no plan within budget; the fastest takes {fastest:.4g} s")
+        raise NoPlanError("no plan within budget; the study has no feasible trials yet")
+    return max(fits, key=lambda p: (p.metrics[accuracy], -p.metrics["memory_bytes"]))
+
+
+def plan_of(point: Point, config: dict) -> BitPlan:
+    """The full per-layer plan of a trial."""
+    bits = {name: point.bits[group] for group, members in config["groups"].items()
+            for name in members}
+    return BitPlan.from_bits(config["model"], bits, config["group_size"], config["sym"],
+                             name=f"trial-{point.number}", model_name=config["model_name"],
+                             candidates=config["candidates"], quantizer=config["quantizer"],
+                             calibration=config["calibration"], trial=point.number,
+                             origin=point.origin)

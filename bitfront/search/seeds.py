@@ -1,0 +1,151 @@
+"""HAWQ seeds for the search: integer linear programs over per-group bitwidths.
+
+For a memory budget B (and optionally a latency cap L) the ILP picks one bitwidth per layer
+group minimising the summed HAWQ sensitivity Σ_g Ω_g(b_g) subject to Σ_g bytes_g(b_g) ≤ B
+(and Σ_g latency_g(b_g) ≤ L), solved exactly with `scipy.optimize.milp` (HiGHS). Seeds are
+the ILP solutions at K budgets spread between the all-lowest and the all-highest plan, plus
+the uniform plans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from bitfront.errors import BitfrontError
+from bitfront.space.layers import LayerSpace
+from bitfront.space.memory import layer_nbytes
+from bitfront.space.plan import QuantSpec
+
+
+class BudgetError(BitfrontError):
+    """A budget no plan can meet."""
+
+
+@dataclass(frozen=True)
+class Seed:
+    bits: dict[str, int]  # group -> bitwidth
+    origin: str  # e.g. "uniform-4", "ilp-memory-1.23MiB"
+
+
+@dataclass
+class SeedProblem:
+    """Per group and bitwidth: sensitivity, bytes and (optional) latency."""
+
+    groups: dict[str, list[str]]
+    choices: list[int]
+    omega: np.ndarray  # [groups, choices]
+    nbytes: np.ndarray  # [groups, choices]
+    latency: np.ndarray | None = None  # [groups, choices], seconds per sample
+    fixed_bytes: int = 0  # everything outside the layer space
+    fixed_latency: float = 0.0  # the rest of the model
+
+    @classmethod
+    def build(cls, space: LayerSpace, groups: dict[str, list[str]], choices: list[int],
+              omega, *, group_size: int, sym: bool, layer_latency=None,
+              fixed_latency: float = 0.0) -> SeedProblem:
+        """`omega(layer, bits)` and `layer_latency(layer, bits)` give per-layer values."""
+        def table(fn) -> np.ndarray:
+            return np.array([[sum(fn(space[n], b) for n in members) for b in choices]
+                             for members in groups.values()], dtype=float)
+        return cls(
+            groups=groups, choices=choices,
+            omega=table(lambda layer, b: omega(layer.name, b)),
+            nbytes=table(lambda layer, b: layer_nbytes(layer, QuantSpec(b, group_size, sym))),
+            latency=None if layer_latency is None else table(layer_latency),
+            fixed_bytes=space.other_params * 2, fixed_latency=fixed_latency,
+        )
+
+    def memory_range(self) -> tuple[int, int]:
+        """Total bytes of the smallest and the largest plan."""
+        return (int(self.nbytes.min(axis=1).sum()) + self.fixed_bytes,
+                int(self.nbytes.max(axis=1).sum()) + self.fixed_bytes)
+
+    def solve(self, memory_budget: float, latency_cap: float | None = None) -> dict[str, int]:
+        """The ILP: least total sensitivity within the budget (bytes of the whole model)."""
+        n_groups, n_choices = self.omega.shape
+        smallest, _ = self.memory_range()
+        if memory_budget < smallest:
+            raise BudgetError(f"no plan fits in {format_bytes(memory_budget)}: the smallest "
+                              f"possible is {format_bytes(smallest)} (every layer at "
+                              f"{min(self.choices)} bits)")
+        one_each = np.kron(np.eye(n_groups), np.ones(n_choices))
+        constraints = [LinearConstraint(one_each, 1, 1),
+                       LinearConstraint(self.nbytes.reshape(1, -1), -np.inf,
+                                        memory_budget - self.fixed_bytes)]
+        if latency_cap is not None:
+            if self.latency is None:
+                raise BitfrontError("a latency cap needs the latency table")
+            fastest = self.latency.min(axis=1).sum() + self.fixed_latency
+            if latency_cap < fastest:
+                raise BudgetError(f"no plan runs within {latency_cap:.4g} s: the fastest "
+                                  f"takes {fastest:.4g} s")
+            constraints.append(LinearConstraint(self.latency.reshape(1, -1), -np.inf,
+                                                latency_cap - self.fixed_latency))
+        result = milp(c=self.omega.reshape(-1), constraints=constraints,
+                      integrality=np.ones(n_groups * n_choices), bounds=Bounds(0, 1))
+        if result.x is None:
+            raise BudgetError(f"no plan meets both the memory budget "
+                              f"{format_bytes(memory_budget)} and the latency cap")
+        picks = np.round(result.x).reshape(n_groups, n_choices).argmax(axis=1)
+        return {group: self.choices[k] for group, k in zip(self.groups, picks, strict=True)}
+
+
+def hawq_seeds(problem: SeedProblem, *, k: int = 6, uniform=(2, 3, 4, 8),
+               latency_cap: float | None = None) -> list[Seed]:
+    """Uniform plans, then ILP solutions at `k` budgets spread evenly strictly between the
+    all-lowest and the all-highest plan's memory; duplicates dropped."""
+    seeds: list[Seed] = []
+    for bits in uniform:
+        if bits in problem.choices:
+            seeds.append(Seed(dict.fromkeys(problem.groups, bits), f"uniform-{bits}"))
+    low, high = problem.memory_range()
+    for budget in np.linspace(low, high, k + 2)[1:-1]:
+        try:
+            bits = problem.solve(float(budget), latency_cap)
+        except BudgetError:
+            continue
+        seeds.append(Seed(bits, f"ilp-memory-{format_bytes(budget)}"))
+    unique, seen = [], set()
+    for seed in seeds:
+        key = tuple(seed.bits[g] for g in problem.groups)
+        if key not in seen:
+            seen.add(key)
+            unique.append(seed)
+    return unique
+
+
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_bytes(text: str) -> int:
+    """'1.2GiB', '800MB', '123456' -> bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = (match.group(2) or "b").lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise BitfrontError(f"cannot read {text!r} as a size: use e.g. 1.2GiB, 800MB, 1500000")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_seconds(text: str) -> float:
+    """'0.5s', '120ms', '2' -> seconds."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|us|)\s*", str(text))
+    if not match:
+        raise BitfrontError(f"cannot read {text!r} as a duration: use e.g. 0.5s or 120ms")
+    scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0, "": 1.0}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1024
+    return f"{n:.3g}GiB"

@@ -1,0 +1,412 @@
+"""The multi-objective Optuna study over per-group bitwidths.
+
+One categorical parameter per layer group (its bitwidth). A trial = plan → apply cached
+candidates in place → proxy accuracy retention → analytic memory → latency from the lookup
+table; every metric is recorded on the trial. Objectives: accuracy retention (max), memory
+bytes (min), latency seconds per sample (min), each switchable; memory and latency budgets are
+constraints (`Trial.set_constraint`, Optuna 5's replacement for the deprecated
+`constraints_func`), so samplers and fronts keep to them. NSGA-II by default,
+with its population at least as large as the seed set, so the HAWQ seeds (enqueued first) form
+its first generation; multivariate TPE selectable.
+
+Storage is any Optuna storage: a SQLite file by default, a PostgreSQL/MySQL URL for many
+workers on many machines, or a journal file. The study records its configuration; a worker
+whose configuration differs refuses to join. Seeds are enqueued once, under a lock.
+RDB storages run heartbeats, so a killed worker's running trial is marked FAIL by the next
+worker (or re-run) once its grace period passes; trials of dead processes on this machine are
+failed at start-up whatever the storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from bitfront.errors import BitfrontError
+from bitfront.evaluators.proxy import AccuracyProxy
+from bitfront.models.base import CodeLM
+from bitfront.objectives.latency import LatencyTable
+from bitfront.objectives.sensitivity import Sensitivity
+from bitfront.progress import progress_bar
+from bitfront.search.apply import PlanApplier
+from bitfront.search.candidates import Candidates
+from bitfront.search.seeds import Seed, SeedProblem, hawq_seeds
+from bitfront.space.layers import group_layers
+from bitfront.space.memory import plan_memory
+from bitfront.space.plan import BitPlan
+
+OBJECTIVES = {"accuracy": "maximize", "memory": "minimize", "latency": "minimize"}
+SAMPLERS = ("nsga2", "tpe")
+CONFIG_ATTR = "bitfront_config"
+SEEDED_ATTR = "bitfront_seeded"
+TABLE_ATTR = "bitfront_latency_table"
+
+
+class StudyMismatchError(BitfrontError):
+    """A worker whose configuration differs from the study it tries to join."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    objectives: tuple[str, ...] = ("accuracy", "memory", "latency")
+    accuracy: str = "top1"  # proxy retention used as the objective: top1 | likelihood
+    choices: tuple[int, ...] = (2, 3, 4, 8, 16)
+    grouping: str = "linear"
+    sampler: str = "nsga2"
+    population: int = 16
+    seed: int = 0
+    ilp_budgets: int = 6  # HAWQ seeds at this many memory budgets (0: no seeds at all)
+    cheap_sensitivity: bool = False  # seed with GPTQ's loss instead of HAWQ's Ω (no traces)
+    memory_budget: int | None = None  # bytes
+    latency_budget: float | None = None  # seconds per sample
+
+    def __post_init__(self):
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
+        if unknown or not self.objectives:
+            raise BitfrontError(f"unknown objectives {unknown}; choose from {list(OBJECTIVES)}")
+        if self.sampler not in SAMPLERS:
+            raise BitfrontError(f"unknown sampler {self.sampler!r}; choose from {SAMPLERS}")
+        if self.accuracy not in ("top1", "likelihood"):
+            raise BitfrontError("accuracy must be top1 or likelihood")
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage: RDB URLs (sqlite:///..., postgresql://...) with heartbeats, or a
+    journal file for any other path."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if "://" in url:
+        kwargs = {}
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            kwargs = {"connect_args": {"timeout": 60}}
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=5,
+                                          grace_period=20)
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+@contextlib.contextmanager
+def storage_lock(url: str) -> Iterator[None]:
+    """Exclusive across the workers of one storage: a PostgreSQL advisory lock, or a file
+    lock beside a SQLite database or journal file (workers on one machine). Other RDB URLs
+    get no lock; `enqueue_trial(skip_if_exists=True)` still keeps most duplicates out."""
+    if url.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        key = int(hashlib.sha256(b"bitfront-seeding").hexdigest()[:15], 16)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+        return
+    if url.startswith("sqlite:///"):
+        lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
+    elif "://" not in url:
+        lock_path = Path(url + ".lock")
+    else:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    """Mark FAIL the running trials of processes of this machine that no longer exist."""
+    host, failed = socket.gethostname(), 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("host") != host or _alive(int(worker.get("pid", 0))):
+            continue
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        failed += 1
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class PlanSearch:
+    """Everything a trial needs, and the study around it."""
+
+    def __init__(self, lm: CodeLM, candidates: Candidates, proxy: AccuracyProxy,
+                 table: LatencyTable | None, sensitivity: Sensitivity | None,
+                 config: SearchConfig):
+        self.lm, self.candidates, self.proxy = lm, candidates, proxy
+        self.table, self.sensitivity, self.config = table, sensitivity, config
+        self.space = candidates.space
+        self.groups = group_layers(self.space, config.grouping)
+        missing = [b for b in config.choices if b not in candidates.bits]
+        if missing:
+            raise BitfrontError(f"no candidates at {missing} bits (cached: {candidates.bits})")
+        needs_latency = "latency" in config.objectives or config.latency_budget is not None
+        if needs_latency and table is None:
+            raise BitfrontError("latency needs a latency table")
+        self.applier = PlanApplier(lm, candidates)
+
+    # --- configuration -------------------------------------------------------------------
+
+    def study_config(self) -> dict:
+        """What must be identical for workers to share a study."""
+        return {
+            "model": self.lm.fingerprint(), "model_name": self.lm.name,
+            "family": self.lm.family, "candidates": self.candidates.key,
+            "choices": list(self.config.choices), "grouping": self.config.grouping,
+            "groups": self.groups, "proxy": self.proxy.fingerprint(),
+            "objectives": list(self.config.objectives), "accuracy": self.config.accuracy,
+            "workload": asdict(self.table.workload) if self.table else None,
+            "memory_budget": self.config.memory_budget,
+            "latency_budget": self.config.latency_budget,
+            "group_size": self.candidates.settings.group_size,
+            "sym": self.candidates.settings.sym,
+            "quantizer": self.candidates.settings.to_dict(),
+            "calibration": self.candidates.calibration,
+            "reference": self.reference_point(),
+        }
+
+    def reference_point(self) -> dict:
+        """The hypervolume reference (see search/front.py): the all-16-bit plan's memory and
+        the slowest possible plan's latency."""
+        full = self.plan(dict.fromkeys(self.groups, 16))
+        reference = {"memory": plan_memory(self.space, full).total_bytes, "latency": None}
+        if self.table is not None:
+            slowest = {g: max(self.config.choices, key=lambda b, g=g: self._group_latency(g, b))
+                       for g in self.groups}
+            reference["latency"] = self.table.predict(self.space, self.plan(slowest))["seconds"]
+        return reference
+
+    def _group_latency(self, group: str, bits: int) -> float:
+        return sum(self._layer_latency(self.space[name], bits) for name in self.groups[group])
+
+    def plan(self, group_bits: dict[str, int], **meta) -> BitPlan:
+        bits = {name: group_bits[g] for g, members in self.groups.items() for name in members}
+        settings = self.candidates.settings
+        return BitPlan.from_bits(self.lm.fingerprint(), bits, settings.group_size, settings.sym,
+                                 candidates=self.candidates.key,
+                                 quantizer=settings.to_dict(), **meta)
+
+    # --- seeds ---------------------------------------------------------------------------
+
+    def seed_problem(self) -> SeedProblem:
+        if self.sensitivity is None:
+            raise BitfrontError("HAWQ seeds need the sensitivity table")
+        settings = self.candidates.settings
+        has_table = self.table is not None
+        return SeedProblem.build(
+            self.space, self.groups, list(self.config.choices),
+            self.sensitivity.omega,
+            group_size=settings.group_size, sym=settings.sym,
+            layer_latency=self._layer_latency if has_table else None,
+            fixed_latency=self.table.rest if has_table else 0.0)
+
+    def _layer_latency(self, layer, bits: int) -> float:
+        calls = self.table.workload.phases(self.lm.family)
+        return sum(n * self.table.layer_time(phase, layer.out_features, layer.in_features, bits)
+                   for phase, (_, n) in calls.items())
+
+    def seeds(self) -> list[Seed]:
+        if self.config.ilp_budgets <= 0:
+            return []
+        uniform = [b for b in (2, 3, 4, 8) if b in self.config.choices]
+        return hawq_seeds(self.seed_problem(), k=self.config.ilp_budgets, uniform=uniform,
+                          latency_cap=self.config.latency_budget)
+
+    # --- one trial -----------------------------------------------------------------------
+
+    def evaluate(self, plan: BitPlan) -> dict:
+        """All metrics of one plan (the model is left restored)."""
+        with self.applier.applied(plan):
+            score = self.proxy()
+        memory = plan_memory(self.space, plan)
+        metrics = {"retention": score.retention, "logprob_retention": score.logprob_retention,
+                   "top1": score.top1, "logprob": score.logprob,
+                   "memory_bytes": memory.total_bytes, "avg_bits": memory.avg_bits,
+                   "nominal_bits": memory.nominal_bits}
+        if self.table is not None:
+            latency = self.table.predict(self.space, plan)
+            metrics.update({k: v for k, v in latency.items() if k != "linear_by_phase"})
+            metrics["latency_s"] = metrics.pop("seconds")
+        return metrics
+
+    def objective_values(self, metrics: dict) -> list[float]:
+        accuracy = (metrics["retention"] if self.config.accuracy == "top1"
+                    else metrics["logprob_retention"])
+        value = {"accuracy": accuracy, "memory": metrics["memory_bytes"],
+                 "latency": metrics.get("latency_s")}
+        return [float(value[o]) for o in self.config.objectives]
+
+    def constraints(self, metrics: dict) -> dict[str, float]:
+        """≤ 0 when feasible (Optuna's convention)."""
+        out = {}
+        if self.config.memory_budget is not None:
+            out["memory"] = metrics["memory_bytes"] - self.config.memory_budget
+        if self.config.latency_budget is not None:
+            out["latency"] = metrics["latency_s"] - self.config.latency_budget
+        return out
+
+    def objective(self, trial: optuna.Trial) -> list[float]:
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        if isinstance(trial.study.sampler, optuna.samplers.NSGAIISampler):
+            # Enqueued seeds fix every parameter, so Optuna would never ask the sampler about
+            # them and they would get no generation; asking puts them in the current one
+            # (the first: the population is at least as large as the seed set).
+            _ = trial.relative_params
+        bits = {g: trial.suggest_categorical(g, list(self.config.choices)) for g in self.groups}
+        metrics = self.evaluate(self.plan(bits))
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        for key, value in self.constraints(metrics).items():
+            trial.set_constraint(key, value)
+        if "origin" not in trial.user_attrs:
+            trial.set_user_attr("origin", self.config.sampler)
+        return self.objective_values(metrics)
+
+    # --- the study -----------------------------------------------------------------------
+
+    def sampler(self, n_seeds: int, seed: int) -> optuna.samplers.BaseSampler:
+        if self.config.sampler == "tpe":
+            return optuna.samplers.TPESampler(multivariate=True, seed=seed)
+        return optuna.samplers.NSGAIISampler(
+            population_size=max(self.config.population, n_seeds), seed=seed)
+
+    def open(self, storage_url: str, study_name: str, *, worker: int = 0) -> optuna.Study:
+        """Create or join the study (refusing a different configuration) and enqueue the
+        seeds exactly once. The sampler's seed mixes the configured seed, the worker index
+        and the trials already in the study, so parallel workers and resumed runs do not
+        replay each other's proposals, while a given run stays reproducible."""
+        storage = open_storage(storage_url)
+        with storage_lock(storage_url):
+            study = optuna.create_study(
+                storage=storage, study_name=study_name, load_if_exists=True,
+                directions=[OBJECTIVES[o] for o in self.config.objectives])
+            # One latency table per study, measured by its first worker: latencies stay
+            # comparable when workers run on other machines.
+            if self.table is not None:
+                if TABLE_ATTR in study.user_attrs:
+                    self.table = LatencyTable.from_dict(study.user_attrs[TABLE_ATTR])
+                else:
+                    study.set_user_attr(TABLE_ATTR, self.table.to_dict())
+            mine = self.study_config()
+            seeds = self.seeds()
+            theirs = study.user_attrs.get(CONFIG_ATTR)
+            if theirs is None:
+                study.set_user_attr(CONFIG_ATTR, mine)
+            elif theirs != json.loads(json.dumps(mine)):
+                differ = sorted(k for k in set(mine) | set(theirs)
+                                if json.loads(json.dumps(mine.get(k))) != theirs.get(k))
+                raise StudyMismatchError(
+                    f"study {study_name!r} in {storage_url} was made with another "
+                    f"configuration (differs in: {', '.join(differ)}); use another "
+                    "--study-name or the same settings")
+            if not study.user_attrs.get(SEEDED_ATTR):
+                for seed in seeds:
+                    study.enqueue_trial({g: seed.bits[g] for g in self.groups},
+                                        user_attrs={"origin": seed.origin},
+                                        skip_if_exists=True)
+                study.set_user_attr(SEEDED_ATTR, [s.origin for s in seeds])
+        fail_dead_local_trials(study, storage)
+        mixed = hashlib.sha256(f"{self.config.seed}-{worker}-{len(study.trials)}".encode())
+        n_seeds = len(study.user_attrs.get(SEEDED_ATTR, []))
+        study.sampler = self.sampler(n_seeds, int(mixed.hexdigest()[:8], 16))
+        return study
+
+    def run(self, storage_url: str, study_name: str, n_trials: int, *, worker: int = 0,
+            show_progress: bool = True) -> optuna.Study:
+        """Work on the study until it holds `n_trials` finished trials (resumable; several
+        workers may run this at once, each with its own `worker` index)."""
+        study = self.open(storage_url, study_name, worker=worker)
+        done_states = (TrialState.COMPLETE,)
+
+        def finished() -> int:
+            return len(study.get_trials(deepcopy=False, states=done_states))
+
+        with progress_bar() as bar:
+            task = bar.add_task(f"search {study_name}", total=n_trials,
+                                completed=min(finished(), n_trials), info="",
+                                visible=show_progress)
+
+            def progress(study: optuna.Study, trial) -> None:
+                bar.update(task, completed=min(finished(), n_trials),
+                           info=f"trial {trial.number} ({trial.user_attrs.get('origin', '')})")
+
+            if finished() < n_trials:
+                study.optimize(self.objective, callbacks=[
+                    optuna.study.MaxTrialsCallback(n_trials, states=done_states), progress])
+        return study
+
+
+POINTER = "study.json"
+
+
+def default_run_dir(study_name: str) -> Path:
+    return Path("runs") / "search" / study_name
+
+
+def default_storage(study_name: str) -> str:
+    return f"sqlite:///{(default_run_dir(study_name) / 'study.db').resolve()}"
+
+
+def write_pointer(run_dir: Path, storage: str, study_name: str, model: str) -> Path:
+    """`run_dir/study.json`: where a study lives, so later commands find it by directory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / POINTER
+    path.write_text(json.dumps({"storage": storage, "study_name": study_name,
+                                "model": model}, indent=2) + "\n")
+    return path
+
+
+def resolve_study(study: str, storage: str | None = None) -> tuple[str, str]:
+    """(storage URL, study name) for a study named by its run directory, or by name (with
+    `storage`, else the default storage of that name)."""
+    pointer = Path(study) / POINTER
+    if pointer.exists():
+        info = json.loads(pointer.read_text())
+        return storage or info["storage"], info["study_name"]
+    if storage is None:
+        if not (default_run_dir(study) / "study.db").exists():
+            raise BitfrontError(f"no study {study!r}: give its run directory (with {POINTER}) "
+                                "or --storage URL")
+        storage = default_storage(study)
+    return storage, study
+
+
+def locate_study(study: str, storage: str | None = None) -> optuna.Study:
+    url, name = resolve_study(study, storage)
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url))
+    except KeyError as exc:
+        raise BitfrontError(f"no study named {name!r} in {url}") from exc

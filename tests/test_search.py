@@ -1,0 +1,272 @@
+"""The search: ILP seeds, the Optuna study (storage, resume, refusal, killed workers), fronts,
+best-under-budget, exports, and workers sharing a PostgreSQL study."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bitfront.evaluators.calibration import CalibrationConfig
+from bitfront.evaluators.proxy import ProxyConfig
+from bitfront.models import load_local
+from bitfront.objectives.latency import Workload
+from bitfront.search.candidates import QuantizerSettings
+from bitfront.search.front import (
+    NoPlanError,
+    Point,
+    best_under,
+    hypervolume,
+    knee,
+    pareto_front,
+    plan_of,
+    points,
+    study_config,
+)
+from bitfront.search.pipeline import Setup, build_search
+from bitfront.search.seeds import (
+    BudgetError,
+    SeedProblem,
+    format_bytes,
+    hawq_seeds,
+    parse_bytes,
+    parse_seconds,
+)
+from bitfront.search.study import SearchConfig, StudyMismatchError
+from bitfront.space.export import (
+    gguf_tensor_name,
+    gptqmodel_config,
+    llama_cpp_args,
+    resolve_dynamic,
+)
+
+SETUP = Setup(quantizer=QuantizerSettings(group_size=32),
+              calibration=CalibrationConfig(n_samples=16, seq_len=64),
+              proxy=ProxyConfig(n_tasks=16), workload=Workload(prompt_len=16, answer_len=8),
+              probes=1, trace_batches=1)
+
+
+def test_ilp_is_optimal_against_brute_force():
+    rng = np.random.default_rng(0)
+    groups = {f"g{i}": [f"g{i}"] for i in range(4)}
+    choices = [2, 4, 8]
+    omega = rng.random((4, 3)) * np.array([8.0, 2.0, 0.1])  # fewer bits, more damage
+    nbytes = np.array([[2, 4, 8]] * 4) * rng.integers(1, 4, (4, 1))
+    problem = SeedProblem(groups=groups, choices=choices, omega=omega, nbytes=nbytes,
+                          fixed_bytes=5)
+    low, high = problem.memory_range()
+    for budget in range(low, high + 1, 3):
+        picked = problem.solve(budget)
+        k = [choices.index(picked[g]) for g in groups]
+        cost = sum(omega[i, k[i]] for i in range(4))
+        best = min(sum(omega[i, c[i]] for i in range(4))
+                   for c in itertools.product(range(3), repeat=4)
+                   if sum(nbytes[i, c[i]] for i in range(4)) + 5 <= budget)
+        assert cost == pytest.approx(best)
+        assert sum(nbytes[i, k[i]] for i in range(4)) + 5 <= budget
+    with pytest.raises(BudgetError, match=f"smallest possible is {format_bytes(low)}"):
+        problem.solve(low - 1)
+    seeds = hawq_seeds(problem, k=4, uniform=(2, 4, 8))
+    assert [s.origin for s in seeds[:3]] == ["uniform-2", "uniform-4", "uniform-8"]
+    assert len({tuple(s.bits.values()) for s in seeds}) == len(seeds)
+
+
+def test_budget_parsing():
+    assert parse_bytes("1.2GiB") == int(1.2 * 2**30) and parse_bytes("800MB") == 800_000_000
+    assert parse_bytes("1500") == 1500
+    assert parse_seconds("120ms") == pytest.approx(0.12) and parse_seconds("2s") == 2.0
+    from bitfront.errors import BitfrontError
+
+    with pytest.raises(BitfrontError, match="as a size"):
+        parse_bytes("big")
+
+
+def test_front_hypervolume_knee_and_budgets():
+    objectives = ["accuracy", "memory"]
+    raw = [(0.9, 100), (0.95, 200), (0.8, 100), (0.99, 400), (0.5, 50), (0.99, 500)]
+    pts = [Point(number=i, bits={}, values=v, feasible=i != 4, origin="",
+                 metrics={"retention": v[0], "memory_bytes": v[1]})
+           for i, v in enumerate(raw)]
+    front = pareto_front(pts, objectives)
+    assert sorted(p.number for p in front) == [0, 1, 3]  # 2 and 5 dominated, 4 infeasible
+    ref = {"accuracy": 0.0, "memory": 1000.0}
+    # Normalised boxes: union of [-acc, 0] x [mem/1000, 1] for the front points.
+    exact = 0.9 * 0.9 + (0.95 - 0.9) * 0.8 + (0.99 - 0.95) * 0.6
+    assert hypervolume(pts, objectives, ref) == pytest.approx(exact)
+    assert knee(front, objectives).number in (0, 1)
+    assert best_under(pts, memory=250).number == 1
+    with pytest.raises(NoPlanError, match="no plan within budget; the smallest is 100B"):
+        best_under(pts, memory=60)
+
+
+@pytest.fixture(scope="module")
+def search(micro_pair):
+    lm = load_local(micro_pair["pocket-ar-micro"], device="cpu")
+    return build_search(lm, SearchConfig(population=8, ilp_budgets=3), SETUP,
+                        show_progress=False)
+
+
+def test_study_resumes_refuses_and_respects_budgets(search, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = search.run(storage, "s", 14, show_progress=False)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 14
+    origins = [t.user_attrs["origin"] for t in trials]
+    seeds = study.user_attrs["bitfront_seeded"]
+    assert origins[: len(seeds)] == seeds and len(set(seeds)) == len(seeds)
+    assert seeds[:4] == ["uniform-2", "uniform-3", "uniform-4", "uniform-8"]
+    assert any(o.startswith("ilp-memory-") for o in seeds)
+    gen = optuna.samplers.NSGAIISampler._get_generation_key()
+    assert all(t.system_attrs[gen] == 0 for t in trials[: len(seeds)])
+    for t in trials:
+        assert {"retention", "memory_bytes", "latency_s", "avg_bits"} <= set(t.user_attrs)
+    # Re-running resumes: no seed enqueued twice, the count grows to the new target.
+    again = search.run(storage, "s", 18, show_progress=False)
+    done = again.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 18
+    assert sum(t.user_attrs["origin"] == "uniform-4" for t in done) == 1
+    # Every uniform plan is dominated or matched by the front.
+    config = study_config(again)
+    pts = points(again)
+    front = pareto_front(pts, config["objectives"])
+    signs = np.array([-1, 1, 1])
+    for p in pts:
+        if p.origin.startswith("uniform-"):
+            assert any(np.all(np.array(f.values) * signs <= np.array(p.values) * signs)
+                       for f in front), p.origin
+    # A worker with another configuration refuses to join.
+    other = build_search(search.lm, SearchConfig(population=8, ilp_budgets=3,
+                                                 grouping="block"), SETUP,
+                         show_progress=False)
+    with pytest.raises(StudyMismatchError, match="grouping"):
+        other.run(storage, "s", 18, show_progress=False)
+    # A memory budget: infeasible trials are recorded but never on the front.
+    budget = int(np.median([p.metrics["memory_bytes"] for p in pts]))
+    capped = build_search(search.lm, SearchConfig(population=8, ilp_budgets=3,
+                                                  memory_budget=budget), SETUP,
+                          show_progress=False)
+    study = capped.run(storage, "capped", 12, show_progress=False)
+    capped_pts = points(study)
+    assert any(not p.feasible for p in capped_pts)
+    assert all(p.metrics["memory_bytes"] <= budget
+               for p in pareto_front(capped_pts, config["objectives"]))
+
+
+def test_killed_worker_trial_is_marked_failed(search, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'k.db'}"
+    study = search.run(storage, "k", 4, show_progress=False)
+    # A worker process that takes a trial and dies with it running.
+    code = (
+        "import optuna, os, signal, socket\n"
+        f"s = optuna.load_study(study_name='k', storage={storage!r})\n"
+        "t = s.ask()\n"
+        "t.set_user_attr('worker', {'host': socket.gethostname(), 'pid': os.getpid()})\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", code], check=False)
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    assert len(running) == 1
+    resumed = search.run(storage, "k", 6, show_progress=False)
+    assert resumed.trials[running[0].number].state == TrialState.FAIL
+    assert len(resumed.get_trials(states=(TrialState.COMPLETE,))) == 6
+
+
+def test_exports_reproduce_the_plan(search, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'e.db'}"
+    study = search.run(storage, "e", 10, show_progress=False)
+    config = study_config(study)
+    for point in points(study):
+        plan = plan_of(point, config)
+        if len({s.bits for s in plan.specs.values()} - {16}) == 0:
+            continue
+        gptq = gptqmodel_config(plan)
+        for name, spec in plan.specs.items():
+            resolved = resolve_dynamic(gptq, name)
+            assert (resolved is None) == (spec.bits == 16), name
+            if resolved is not None:
+                assert resolved == (spec.bits, spec.group_size), name
+        args = llama_cpp_args(plan)
+        assert len(args) == 2 * len(plan.specs)
+        assert all(re.fullmatch(r"blk\.\d+\.(attn_[qkv]|attn_output|ffn_(gate|up|down))="
+                                r"(q2_k|q3_k|q4_k|q8_0|f16)", a) for a in args[1::2])
+    assert gguf_tensor_name("lm_head") == "output"
+    assert gguf_tensor_name("model.embed_tokens") == "token_embd"
+
+
+def test_gptq_checkpoint_holds_the_candidates(search, tmp_path):
+    from safetensors.torch import load_file
+
+    from bitfront.kernels.quant import PackedWeight, dequantize
+    from bitfront.search.checkpoint import write_gptq_checkpoint
+    from bitfront.space.plan import BitPlan
+
+    lm, cands = search.lm, search.candidates
+    bits = dict(zip(cands.space.names(), [2, 3, 4, 8, 16, 4, 2] * 2, strict=True))
+    plan = BitPlan.from_bits(lm.fingerprint(), bits, 32)
+    directory = write_gptq_checkpoint(lm, plan, cands, tmp_path / "ckpt")
+    tensors = load_file(directory / "model.safetensors")
+    config = json.loads((directory / "config.json").read_text())
+    assert config["quantization_config"]["checkpoint_format"] == "gptq_v2"
+    for name, b in bits.items():
+        if b == 16:
+            assert f"{name}.weight" in tensors
+            continue
+        layer = cands.space[name]
+        packed = PackedWeight(bits=b, group_size=32, shape=(layer.out_features,
+                                                             layer.in_features),
+                              **{f: tensors[f"{name}.{f}"] for f in
+                                 ("qweight", "qzeros", "scales", "g_idx")})
+        assert np.allclose(dequantize(packed).numpy(), cands.weight(name, b).numpy())
+        assert resolve_dynamic(config["quantization_config"], name)[0] == b
+    assert "model.embed_tokens.weight" in tensors
+
+
+POSTGRES = os.environ.get("BITFRONT_TEST_POSTGRES")
+
+
+@pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL server: set BITFRONT_TEST_POSTGRES "
+                                         "to a postgresql:// URL (.ci/run starts one)")
+def test_two_workers_share_a_postgresql_study(micro_pair, tmp_path):
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "bitfront.cli", "search", "pocket-ar-micro",
+               "--storage", POSTGRES, "--study-name", name, "--trials", "20",
+               "--population", "8", "--ilp-budgets", "3", "--group-size", "32",
+               "--calib-samples", "16", "--calib-seq-len", "64", "--proxy-tasks", "16",
+               "--prompt-len", "16", "--answer-len", "8", "--json"]
+    workers = [subprocess.Popen([*command, "--worker", str(w)], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for w in range(2)]
+    outputs = [w.communicate(timeout=900) for w in workers]
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr[-2000:]
+    study = optuna.load_study(study_name=name, storage=POSTGRES)
+    trials = study.get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert 20 <= len(trials) <= 21  # both may start the last trial
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    seeds = study.user_attrs["bitfront_seeded"]
+    origins = [t.user_attrs["origin"] for t in trials]
+    assert all(origins.count(s) == 1 for s in seeds)
+    workers_seen = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert len(workers_seen) == 2
+    # The front over both workers' trials is exactly the non-dominated set (brute force).
+    config = study_config(study)
+    pts = points(study)
+    signs = np.array([-1.0, 1.0, 1.0])
+    losses = {p.number: np.array(p.values) * signs for p in pts}
+    brute = {a for a in losses if not any(np.all(losses[b] <= losses[a])
+                                          and np.any(losses[b] < losses[a]) for b in losses)}
+    front = {p.number for p in pareto_front(pts, config["objectives"])}
+    assert front <= brute and {tuple(losses[n]) for n in front} == {tuple(losses[n])
+                                                                     for n in brute}
+    for stdout, _ in outputs:
+        assert json.loads(stdout.strip().splitlines()[-1])["study"] == name
+    optuna.delete_study(study_name=name, storage=POSTGRES)
