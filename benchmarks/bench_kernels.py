@@ -23,7 +23,8 @@ from bitfront.kernels.quant import rtn_quantize
 from bitfront.models import load_model
 from bitfront.objectives.latency import Workload, measure_latency_table, time_call
 from bitfront.search.candidates import build_candidates
-from bitfront.search.validation import validate_costs, validation_plans
+from bitfront.search.fidelity import sample_plans
+from bitfront.search.validation import validate_costs
 from bitfront.space.layers import layer_space
 
 SHAPES = {"pocket": [(128, 128), (64, 128), (384, 128), (128, 384)],
@@ -56,7 +57,7 @@ def cost_validation(name: str, workload: Workload) -> dict:
     space = layer_space(lm)
     cands = build_candidates(lm, space, calibration_set(lm), show_progress=False)
     table = measure_latency_table(lm, space, workload, show_progress=False)
-    report = validate_costs(lm, cands, table, validation_plans(cands, lm.fingerprint()),
+    report = validate_costs(lm, cands, table, sample_plans(cands, lm.fingerprint()),
                             show_progress=False)
     return {"model": name, "family": lm.family, "workload": workload.__dict__,
             "rest_s": table.rest, **report}

@@ -12,6 +12,7 @@ from rich.console import Console
 
 import bitfront
 from bitfront.errors import BitfrontError
+from bitfront.space.export import FORMATS
 
 # Stable exit codes for batch use.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_PLAN = 0, 1, 2, 3
@@ -43,9 +44,18 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "SDPA on CPU)")
 
 
+def _quiet_transformers() -> None:
+    """bitfront shows its own progress, one bar per stage: no per-file bars from transformers
+    (imported here, when a command loads models, not at start-up)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _load(args):
     from bitfront.models import load_model
 
+    _quiet_transformers()
     return load_model(args.model, device=args.device, dtype=_dtype(args.dtype), attn=args.attn)
 
 
@@ -53,12 +63,13 @@ def _load(args):
 
 def cmd_pocket_train(args) -> int:
     from bitfront.paths import cache_dir
-    from bitfront.pocket.store import cached_dir
+    from bitfront.pocket.store import cached_dir, is_current
     from bitfront.pocket.train import SIZES, train_pair
 
+    _quiet_transformers()
     size = SIZES[args.size]
     names = size.names()
-    if not args.force and all((cached_dir(n) / "training.json").exists() for n in names):
+    if not args.force and all(is_current(cached_dir(n), size) for n in names):
         out.print(f"pocket pair {', '.join(names)} already trained in "
                   f"{cache_dir() / 'pocket'} (use --force to retrain)")
         return EXIT_OK
@@ -265,13 +276,13 @@ def cmd_fidelity(args) -> int:
     from rich.table import Table
 
     from bitfront.evaluators.proxy import AccuracyProxy, ProxyConfig
-    from bitfront.search.fidelity import fidelity_plans, measure_fidelity
+    from bitfront.search.fidelity import measure_fidelity, sample_plans
     from bitfront.space.plan import BitPlan
 
     lm = _load(args)
     candidates, _ = _candidates(args, lm)
     proxy = AccuracyProxy(lm, ProxyConfig(n_tasks=args.proxy_tasks), mbpp_source=args.mbpp)
-    plans = fidelity_plans(candidates, lm.fingerprint(), mixed=args.mixed, seed=args.seed)
+    plans = sample_plans(candidates, lm.fingerprint(), mixed=args.mixed, seed=args.seed)
     plans += [BitPlan.load(Path(p)) for p in args.plans]
     directory = Path(args.out) if args.out else _run_dir("fidelity", args.model)
     result = measure_fidelity(lm, candidates, plans, proxy, _eval_config(args, args.bench),
@@ -314,8 +325,8 @@ def _setup(args):
 
 
 def _search_config(args):
-    from bitfront.search.seeds import parse_bytes, parse_seconds
     from bitfront.search.study import SearchConfig
+    from bitfront.units import parse_bytes, parse_seconds
 
     return SearchConfig(
         objectives=tuple(args.objectives.split(",")), accuracy=args.accuracy,
@@ -334,6 +345,7 @@ def _front_summary(study) -> dict:
         points,
         reference_point,
         study_config,
+        trial_metrics,
     )
 
     config = study_config(study)
@@ -345,20 +357,14 @@ def _front_summary(study) -> dict:
             "objectives": config["objectives"], "reference": reference_point(config),
             "hypervolume": hypervolume(pts, config["objectives"], reference_point(config)),
             "knee": best.number if best else None,
-            "front": [{"trial": p.number, "origin": p.origin, **_metrics(p.metrics)}
+            "front": [{"trial": p.number, "origin": p.origin, **trial_metrics(p.metrics)}
                       for p in front]}
-
-
-def _metrics(metrics: dict) -> dict:
-    keys = ("retention", "logprob_retention", "memory_bytes", "avg_bits", "latency_s",
-            "per_token", "per_step")
-    return {k: metrics[k] for k in keys if k in metrics}
 
 
 def _print_front(summary: dict) -> None:
     from rich.table import Table
 
-    from bitfront.search.seeds import format_bytes
+    from bitfront.units import format_bytes
 
     table = Table(title=f"Pareto front of {summary['study']} ({summary['trials']} trials, "
                         f"{summary['feasible']} feasible)")
@@ -404,7 +410,7 @@ def cmd_search(args) -> int:
 
 def _chosen_point(args, study):
     from bitfront.search.front import best_under, points
-    from bitfront.search.seeds import parse_bytes, parse_seconds
+    from bitfront.units import parse_bytes, parse_seconds
 
     pts = points(study)
     if getattr(args, "trial", None) is not None:
@@ -420,9 +426,9 @@ def _chosen_point(args, study):
 def cmd_best(args) -> int:
     import json
 
-    from bitfront.search.front import NoPlanError, plan_of, study_config
-    from bitfront.search.seeds import format_bytes
+    from bitfront.search.front import NoPlanError, plan_of, study_config, trial_metrics
     from bitfront.search.study import locate_study
+    from bitfront.units import format_bytes
 
     study = locate_study(args.study, args.storage)
     try:
@@ -435,7 +441,7 @@ def cmd_best(args) -> int:
         return EXIT_NO_PLAN
     plan = plan_of(point, study_config(study))
     result = {"found": True, "trial": point.number, "origin": point.origin,
-              "metrics": _metrics(point.metrics), "plan": plan.to_dict()}
+              "metrics": trial_metrics(point.metrics), "plan": plan.to_dict()}
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
         return EXIT_OK
@@ -455,7 +461,7 @@ def cmd_export(args) -> int:
     import json
 
     import bitfront as package
-    from bitfront.search.front import NoPlanError, plan_of, study_config
+    from bitfront.search.front import NoPlanError, plan_of, study_config, trial_metrics
     from bitfront.search.study import locate_study
     from bitfront.space.export import export_json, gptqmodel_config, llama_cpp_args
 
@@ -473,7 +479,8 @@ def cmd_export(args) -> int:
     if args.format == "json":
         provenance = {"study": study.study_name, "trial": point.number, "origin": point.origin,
                       "candidates": config["candidates"], "bitfront": package.__version__}
-        payload = json.dumps(export_json(plan, _metrics(point.metrics), provenance), indent=2)
+        payload = json.dumps(export_json(plan, trial_metrics(point.metrics), provenance),
+                             indent=2)
     elif args.format == "gptqmodel":
         payload = json.dumps(gptqmodel_config(plan, act_order=config["quantizer"]["act_order"],
                                               damp=config["quantizer"]["percdamp"]), indent=2)
@@ -487,7 +494,6 @@ def cmd_export(args) -> int:
 
         lm = _load(argparse.Namespace(model=args.model or config["model_name"],
                                       device=args.device, dtype=args.dtype, attn=None))
-        plan.validate(layer_space_of(lm, plan), lm.fingerprint())
         write_gptq_checkpoint(lm, plan, candidates_for_plan(lm, plan), Path(args.checkpoint))
     if args.json:
         sys.stdout.write(json.dumps({"trial": point.number, "format": args.format,
@@ -501,13 +507,6 @@ def cmd_export(args) -> int:
     if args.checkpoint and not args.json:
         out.print(f"wrote GPTQ checkpoint to {args.checkpoint}", soft_wrap=True)
     return EXIT_OK
-
-
-def layer_space_of(lm, plan):
-    from bitfront.space.layers import layer_space
-
-    return layer_space(lm, include_head="lm_head" in plan.specs,
-                       include_embeddings=any(n.endswith("embed_tokens") for n in plan.specs))
 
 
 def cmd_dashboard(args) -> int:
@@ -525,17 +524,98 @@ def cmd_dashboard(args) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args) -> int:
-    from bitfront.models import load_model
+def _study_summary(run_dir: Path) -> None:
+    import json
 
-    prompts = ["def add(a, b):", '"""Write a function to reverse a string."""\ndef reverse']
-    for name in ("pocket-ar", "pocket-diffusion"):
-        lm = load_model(name)
-        for prompt in prompts:
-            out.rule(f"{name}")
-            out.print(prompt + lm.generate([prompt], max_new_tokens=64)[0], markup=False,
-                      highlight=False)
+    from rich.table import Table
+
+    from bitfront.units import format_bytes
+
+    report = json.loads((run_dir / "report.json").read_text())
+    table = Table(title=f"study {report['study']}")
+    for col in ("model", "family", "16-bit → 4-bit → 2-bit retention", "front", "hypervolume",
+                "knee"):
+        table.add_column(col)
+    for label, m in report["models"].items():
+        uniform = {u["bits"]: u for u in m["uniform"]}
+        chain = " → ".join(f"{uniform[b]['retention']:.3f}" for b in (16, 4, 2) if b in uniform)
+        knee = next((v for v in m["verified"] if v["trial"] == m["knee"]), None)
+        table.add_row(label, m["model"]["family"], chain, f"{len(m['front'])} plans",
+                      f"{m['hypervolume']:.4f}",
+                      "-" if knee is None else f"{knee['retention']:.3f} at "
+                      f"{format_bytes(knee['memory_bytes'])}")
+    out.print(table)
+    for sentence in report["findings"]:
+        out.print(sentence, soft_wrap=True)
+    out.print(f"report: {run_dir / 'report.md'}", soft_wrap=True)
+
+
+def _run_study(spec_name: str, runs: str) -> int:
+    from bitfront.studies.spec import finished, load_spec
+
+    spec = load_spec(spec_name)
+    if not finished(spec, Path(runs)):  # a finished study is only summarised, instantly
+        from bitfront.studies.runner import run_study
+
+        _quiet_transformers()
+        run_study(spec, Path(runs))
+    _study_summary(Path(runs) / spec.name)
     return EXIT_OK
+
+
+def cmd_study_run(args) -> int:
+    return _run_study(args.spec, args.runs)
+
+
+def cmd_compare(args) -> int:
+    import json
+
+    from rich.table import Table
+
+    from bitfront.studies import plots
+    from bitfront.studies.compare import compare_runs, load_front
+    from bitfront.units import format_bytes, parse_bytes
+
+    a, b = load_front(Path(args.run_a)), load_front(Path(args.run_b))
+    if a.label == b.label:
+        a.label, b.label = f"{a.label} (A)", f"{b.label} (B)"
+    budgets = [parse_bytes(x) for x in args.budgets.split(",")] if args.budgets else []
+    result = compare_runs(a, b, budgets)
+    directory = Path(args.out) if args.out else Path("runs") / "compare" / (
+        f"{Path(args.run_a).name}-vs-{Path(args.run_b).name}")
+    directory.mkdir(parents=True, exist_ok=True)
+    figures = {"memory_bytes": "fronts_memory.png", "avg_bits": "fronts_bits.png"}
+    if "latency" in a.objectives:
+        figures["latency_s"] = "fronts_latency.png"
+    result["plots"] = [str(plots.fronts([a, b], x, directory / name, f"{a.label} vs {b.label}"))
+                       for x, name in figures.items()]
+    (directory / "compare.json").write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return EXIT_OK
+    table = Table(title=f"{a.label} vs {b.label}")
+    for col in ("run", "trials", "front", "hypervolume", "knee",
+                *(f"best ≤ {format_bytes(x)}" for x in budgets)):
+        table.add_column(col)
+    for run in (a, b):
+        r = result[run.label]
+        knee = r["knee"]
+        table.add_row(run.label, str(r["trials"]), str(r["front_size"]),
+                      f"{r['hypervolume']:.4f}",
+                      "-" if knee is None else f"{knee[run.accuracy_key]:.3f} at "
+                      f"{format_bytes(knee['memory_bytes'])}",
+                      *("-" if v is None else f"{v:.4f}" for v in r["best_at"].values()))
+    out.print(table)
+    gap = result["retention_gap_memory"]
+    if gap["mean_gap"] is not None:
+        out.print(f"mean retention gap {a.label} − {b.label} over the common memory range: "
+                  f"{gap['mean_gap']:+.4f} (absolute {gap['mean_abs_gap']:.4f})")
+    out.print(f"wrote {directory / 'compare.json'} and plots", soft_wrap=True)
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    return _run_study("pocket", args.runs)
 
 
 # --- parser ------------------------------------------------------------------------------
@@ -667,7 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     study_arg(exp)
     exp.add_argument("--trial", type=int)
     exp.add_argument("--best-under", help="the best plan under this memory, e.g. 1.2GiB")
-    exp.add_argument("--format", choices=["json", "gptqmodel", "llama-cpp"], default="json")
+    exp.add_argument("--format", choices=list(FORMATS), default="json")
     exp.add_argument("--out", help="file to write (default: stdout)")
     exp.add_argument("--checkpoint", help="also write a quantized checkpoint (GPTQ layout) "
                                           "to this directory")
@@ -683,7 +763,24 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, default=8080)
     dash.set_defaults(run=cmd_dashboard)
 
+    study = verbs.add_parser("study", help="ready-made studies and their reports")
+    study_verbs = study.add_subparsers(dest="study_verb", metavar="ACTION", required=True)
+    srun = study_verbs.add_parser("run", help="run (or resume) a study spec")
+    srun.add_argument("spec", help="a study TOML file, or a bundled one: pocket, "
+                                   "coda-vs-qwen3")
+    srun.add_argument("--runs", default="runs", help="where run directories go")
+    srun.set_defaults(run=cmd_study_run)
+
+    cmp = verbs.add_parser("compare", help="frontier shapes of two runs")
+    cmp.add_argument("run_a", help="runs/STUDY/MODEL or runs/search/NAME")
+    cmp.add_argument("run_b")
+    cmp.add_argument("--budgets", help="memory budgets, e.g. 2.5MiB,3MiB")
+    cmp.add_argument("--out", help="directory for compare.json and plots")
+    cmp.add_argument("--json", action="store_true")
+    cmp.set_defaults(run=cmd_compare)
+
     demo = verbs.add_parser("demo", help="the whole pipeline offline, pocket-sized")
+    demo.add_argument("--runs", default="runs", help="where run directories go")
     demo.set_defaults(run=cmd_demo)
     return parser
 
@@ -691,9 +788,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # bitfront shows its own progress, one bar per stage
     run: Callable | None = getattr(args, "run", None)
     if run is None:
         parser.print_help()

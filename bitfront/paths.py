@@ -1,6 +1,7 @@
 """Where bitfront keeps what it computes once: the user cache directory."""
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -10,3 +11,13 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "bitfront"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a unique temporary file and a rename: readers never
+    see a partial file, and concurrent writers (workers on one machine) never collide."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

@@ -19,7 +19,6 @@ from bitfront.evaluators.humaneval import load_humaneval
 from bitfront.evaluators.mbpp import load_mbpp
 from bitfront.evaluators.prompts import (
     CODE_PREFIX,
-    extract_code,
     humaneval_prompt,
     mbpp_prompt,
     sanitize,
@@ -27,6 +26,7 @@ from bitfront.evaluators.prompts import (
 from bitfront.evaluators.proxy import AccuracyProxy, ProxyConfig
 from bitfront.evaluators.sandbox import run_programs
 from bitfront.models import load_local
+from bitfront.models.base import cut_at_stops
 
 
 def test_pass_at_k_matches_the_combinatorial_definition():
@@ -64,7 +64,7 @@ def test_extraction_and_sanitising():
     answer = ("def helper(x):\n    return x * 2\n\nLIMIT = 3\n\ndef solve(a):\n"
               "    return helper(a) + LIMIT\n\nprint(solve(1))\nassert solve(1) == 5\n"
               "def unused():\n    pass\n```\nThis function doubles.")
-    code = extract_code(answer, ("```",))
+    code = cut_at_stops(answer, ("```",))
     assert "This function" not in code
     clean = sanitize(code, "solve")
     assert "def helper" in clean and "LIMIT = 3" in clean and "def solve" in clean
@@ -140,7 +140,7 @@ def test_proxy_sees_quantization(micro_pair):
 def test_fidelity_correlations_and_plans(micro_pair, tmp_path):
     from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
     from bitfront.search.candidates import build_candidates
-    from bitfront.search.fidelity import correlations, fidelity_plans, measure_fidelity
+    from bitfront.search.fidelity import correlations, measure_fidelity, sample_plans
     from bitfront.space.layers import layer_space
 
     tau, rho, note = correlations([0.9, 0.8, 0.5, 1.0], [0.4, 0.3, 0.1, 0.5])
@@ -153,7 +153,7 @@ def test_fidelity_correlations_and_plans(micro_pair, tmp_path):
     cands = build_candidates(lm, layer_space(lm),
                              calibration_set(lm, CalibrationConfig(n_samples=16)),
                              show_progress=False)
-    plans = fidelity_plans(cands, lm.fingerprint(), mixed=1)
+    plans = sample_plans(cands, lm.fingerprint(), mixed=1)
     assert [p.meta["name"] for p in plans] == ["uniform-2", "uniform-3", "uniform-4",
                                                "uniform-8", "uniform-16", "mixed-0"]
     result = measure_fidelity(lm, cands, plans, proxy,
@@ -164,4 +164,7 @@ def test_fidelity_correlations_and_plans(micro_pair, tmp_path):
     assert by_plan["uniform-16"]["proxy_retention"] == 1.0
     assert by_plan["uniform-2"]["proxy_retention"] < by_plan["uniform-8"]["proxy_retention"]
     assert (tmp_path / "uniform-2.json").exists()
-    assert result.kendall_tau is not None or result.note
+    if len({r["pass@1"] for r in result.rows}) == 1:  # a micro model passes nothing
+        assert result.kendall_tau is None and result.note.startswith("undefined")
+    else:
+        assert -1 <= result.kendall_tau <= 1

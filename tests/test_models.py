@@ -82,6 +82,10 @@ def test_coda_logits_are_shifted_right_by_one(coda):
         shifted = coda.logits(ids)
     torch.testing.assert_close(shifted[:, 1:], raw[:, :-1])
     torch.testing.assert_close(shifted[:, 0], raw[:, 0])
+    picked = torch.zeros(1, 8, dtype=torch.bool)
+    picked[0, [0, 3, 7]] = True
+    with torch.no_grad():
+        torch.testing.assert_close(coda.logits_at(ids, picked), shifted[picked])
 
 
 def test_coda_attends_to_padding(coda):
@@ -120,7 +124,7 @@ def test_diffusion_sampling_fills_every_mask_deterministically(coda, alg):
         gen = torch.Generator().manual_seed(7)
         from bitfront.models.diffusion_sampling import diffusion_sample
 
-        runs.append(diffusion_sample(coda.logits, ids, max_new_tokens=12,
+        runs.append(diffusion_sample(coda.logits_at, ids, max_new_tokens=12,
                                      mask_id=coda.tokens.mask, opts=opts, temperature=0.7,
                                      top_p=0.9, generator=gen))
     assert runs[0].shape == (2, 17)
@@ -133,13 +137,13 @@ def test_blockwise_diffusion_decoding_fills_blocks(coda):
     from bitfront.models.diffusion_sampling import diffusion_sample
 
     gen = torch.Generator().manual_seed(0)
-    out = diffusion_sample(coda.logits, torch.randint(0, 151000, (1, 4)), max_new_tokens=12,
+    out = diffusion_sample(coda.logits_at, torch.randint(0, 151000, (1, 4)), max_new_tokens=12,
                            mask_id=coda.tokens.mask,
                            opts=DiffusionOptions(steps=6, block_length=4),
                            generator=gen)
     assert not (out == coda.tokens.mask).any()
     with pytest.raises(ValueError, match="multiple"):
-        diffusion_sample(coda.logits, torch.zeros(1, 2, dtype=torch.long), max_new_tokens=10,
+        diffusion_sample(coda.logits_at, torch.zeros(1, 2, dtype=torch.long), max_new_tokens=10,
                          mask_id=coda.tokens.mask, opts=DiffusionOptions(block_length=4),
                          generator=gen)
 

@@ -241,3 +241,22 @@ def test_hawq_sensitivity_table(ar_micro, ar_candidates, tmp_path):
     json_path, csv_path = sens.save(tmp_path)
     assert Sensitivity.from_dict(json.loads(json_path.read_text())) == sens
     assert len(csv_path.read_text().splitlines()) == 1 + 14 * 4
+
+
+def test_sensitivity_of_a_bfloat16_model_is_computed_in_float32(micro_pair, tmp_path):
+    """Finite-difference steps of 1e-3 of a weight's scale vanish in bfloat16: traces of a
+    bfloat16 model must equal those of the very same weights held in float32."""
+    lm16 = load_local(micro_pair["pocket-ar-micro"], device="cpu", dtype=torch.bfloat16)
+    lm32 = load_local(micro_pair["pocket-ar-micro"], device="cpu", dtype=torch.bfloat16)
+    lm32.module.float()  # bfloat16-rounded weights, float32 arithmetic
+    calib = calibration_set(lm16, SMALL_CALIB)
+    traces = {}
+    for name, lm in (("bf16", lm16), ("fp32", lm32)):
+        cands = build_candidates(lm, layer_space(lm), calib, root=tmp_path,
+                                 settings=QuantizerSettings(group_size=32),
+                                 show_progress=False)
+        traces[name] = [r.trace for r in hawq_sensitivity(lm, cands, calib, probes=2,
+                                                          batches=1, show_progress=False
+                                                          ).rows]
+    assert next(lm16.module.parameters()).dtype == torch.bfloat16  # restored afterwards
+    assert traces["bf16"] == pytest.approx(traces["fp32"], rel=1e-3, abs=1e-6)

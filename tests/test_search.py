@@ -33,14 +33,7 @@ from bitfront.search.front import (
     study_config,
 )
 from bitfront.search.pipeline import Setup, build_search
-from bitfront.search.seeds import (
-    BudgetError,
-    SeedProblem,
-    format_bytes,
-    hawq_seeds,
-    parse_bytes,
-    parse_seconds,
-)
+from bitfront.search.seeds import BudgetError, SeedProblem, hawq_seeds
 from bitfront.search.study import SearchConfig, StudyMismatchError
 from bitfront.space.export import (
     gguf_tensor_name,
@@ -48,6 +41,7 @@ from bitfront.space.export import (
     llama_cpp_args,
     resolve_dynamic,
 )
+from bitfront.units import format_bytes, parse_bytes, parse_seconds
 
 SETUP = Setup(quantizer=QuantizerSettings(group_size=32),
               calibration=CalibrationConfig(n_samples=16, seq_len=64),

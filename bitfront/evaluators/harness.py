@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,14 +22,14 @@ from bitfront.evaluators.prompts import (
     FEWSHOT_TASK_IDS,
     CodePrompt,
     default_style,
-    extract_code,
     humaneval_prompt,
     mbpp_prompt,
     names_used,
     sanitize,
 )
 from bitfront.evaluators.sandbox import Limits, Program, run_programs
-from bitfront.models.base import CodeLM, GenerationOptions
+from bitfront.models.base import CodeLM, GenerationOptions, cut_at_stops
+from bitfront.paths import write_atomic
 from bitfront.progress import progress_bar
 
 BENCHES = ("mbpp", "humaneval")
@@ -85,7 +86,7 @@ def _entry_point(tests) -> str | None:
 def program_for(task: BenchTask, answer: str) -> Program:
     """The program to execute for one answer: prompt head + answer up to its stop, sanitised
     down to what the entry point and the tests need."""
-    code = task.prompt.head + extract_code(answer, task.prompt.stop)
+    code = task.prompt.head + cut_at_stops(answer, task.prompt.stop)
     used = names_used("\n".join(task.tests))
     return Program(code=sanitize(code, task.entry_point, used), tests=task.tests,
                    name=task.task_id)
@@ -106,8 +107,8 @@ class EvalConfig:
     workers: int = 2
     timeout: float = 10.0
 
-    def key(self, model: str) -> str:
-        blob = json.dumps({"model": model, **asdict(self)}, sort_keys=True)
+    def key(self, model: str, extra: dict | None = None) -> str:
+        blob = json.dumps({"model": model, **asdict(self), **(extra or {})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -136,31 +137,41 @@ def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None
                         mbpp_source=mbpp_source)
     if config.samples > 1 and config.temperature == 0:
         raise BitfrontError("several samples per task need sampling: set a temperature > 0")
-    key = config.key(model_key or lm.fingerprint())
+    # Everything that changes the answers is in the key, the sampler of diffusion models too.
+    extra = {"mbpp": str(mbpp_source or os.environ.get("BITFRONT_MBPP") or "vendored")}
+    if lm.family == "diffusion":
+        extra["diffusion"] = asdict(lm.diffusion)
+    key = config.key(model_key or lm.fingerprint(), extra)
     journal = out.with_name(out.name + ".partial.jsonl")
     done = _read_journal(journal, key)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not journal.exists():
         journal.write_text(json.dumps({"key": key, "config": asdict(config)}) + "\n")
-    todo = [t for t in tasks if t.task_id not in done]
     limits = Limits(timeout=config.timeout, cpu_seconds=int(config.timeout) + 1)
     per_batch = max(1, config.batch_size // config.samples)
+    # A fixed partition of the task list, each batch with its own seed: a resumed run
+    # generates exactly what an uninterrupted one would.
+    partition = [tasks[i : i + per_batch] for i in range(0, len(tasks), per_batch)]
     with progress_bar() as bar, journal.open("a") as log:
         task_bar = bar.add_task(f"{config.bench} pass@k", total=len(tasks),
                                 completed=len(done), info="", visible=show_progress)
-        for start in range(0, len(todo), per_batch):
-            batch = todo[start : start + per_batch]
+        for number, batch in enumerate(partition):
+            missing = [t for t in batch if t.task_id not in done]
+            if not missing:
+                continue
             prompts = [t.prompt.prompt for t in batch for _ in range(config.samples)]
             options = GenerationOptions(
                 max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                 top_p=config.top_p, stop=batch[0].prompt.stop,
-                seed=config.seed + start, batch_size=config.batch_size)
+                seed=config.seed + number, batch_size=config.batch_size)
             answers = lm.generate(prompts, options)
             programs = [program_for(t, answers[i * config.samples + s])
-                        for i, t in enumerate(batch) for s in range(config.samples)]
+                        for i, t in enumerate(batch) if t in missing
+                        for s in range(config.samples)]
             outcomes = run_programs(programs, limits=limits, workers=config.workers)
-            for i, task in enumerate(batch):
-                mine = outcomes[i * config.samples : (i + 1) * config.samples]
+            for k, task in enumerate(missing):
+                i = batch.index(task)
+                mine = outcomes[k * config.samples : (k + 1) * config.samples]
                 record = {"task_id": task.task_id,
                           "passed": sum(o.passed for o in mine),
                           "samples": [{"completion": answers[i * config.samples + s],
@@ -169,11 +180,9 @@ def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             passed = sum(r["passed"] > 0 for r in done.values())
-            bar.update(task_bar, advance=len(batch), info=f"{passed} tasks passed")
+            bar.update(task_bar, advance=len(missing), info=f"{passed} tasks passed")
     report = summarize(lm.name, config, style, [done[t.task_id] for t in tasks])
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(out)
+    write_atomic(out, json.dumps(report, indent=1) + "\n")
     return report
 
 

@@ -6,8 +6,9 @@ only the standard library (it must not import bitfront). Steps:
 
 1. Isolation, as strong as the machine allows: as root, new network and PID namespaces
    (`unshare`), then the program runs as an unprivileged user; otherwise an unprivileged user
-   namespace if the kernel offers one; failing both, a guard that blocks sockets, signals to
-   other processes and writes outside the working directory at the Python level.
+   namespace (network and PID isolation) plus the Python-level guard for files; failing both,
+   the guard alone, which blocks sockets, signals to other processes, starting programs and
+   writes outside the working directory.
 2. The program runs in a forked child (PID 1 of the new PID namespace, so every process it
    starts dies with it) under rlimits on CPU time, address space, file size, processes and
    core dumps.
@@ -248,10 +249,12 @@ def main() -> None:
         os.close(read_fd)
         _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         set_limits(spec)
-        if level == "python-guard":
-            python_guard(workdir)
-        else:
+        if level == "root-namespaces":
             drop_privileges(int(spec["uid"]))
+        else:
+            # A user namespace isolates network and processes but not the user's own files
+            # (and there is no other user to become): the guard keeps writes inside.
+            python_guard(workdir)
         sys.setrecursionlimit(int(spec.get("recursion_limit", 1000)))
         run_program(spec, write_fd)
     os.close(write_fd)

@@ -41,12 +41,6 @@ class MBPPTask:
         """The reference code with Unix line endings."""
         return self.code.replace("\r\n", "\n").rstrip() + "\n"
 
-    @property
-    def test_program(self) -> str:
-        """Imports, setup code and asserts, ready to append to a solution."""
-        parts = [*self.test_imports, self.test_setup_code.replace("\r\n", "\n"), *self.test_list]
-        return "\n".join(p for p in parts if p.strip()) + "\n"
-
 
 def _vendored(filename: str) -> Path:
     return Path(str(resources.files("bitfront.evaluators") / "data" / "mbpp" / filename))

@@ -79,15 +79,6 @@ def default_style(lm) -> str:
     return "instruct" if lm.use_chat else "plain"
 
 
-def extract_code(answer: str, stops: tuple[str, ...]) -> str:
-    """The answer up to the first stop string (the closing fence for instruct prompts)."""
-    cut = len(answer)
-    for stop in stops:
-        if (i := answer.find(stop)) >= 0:
-            cut = min(cut, i)
-    return answer[:cut]
-
-
 def names_used(code: str) -> set[str]:
     """Every name a piece of code (e.g. the tests) refers to."""
     try:

@@ -5,7 +5,9 @@ split (never the test tasks used for final pass@1) are scored teacher-forced giv
 prompt, through `CodeLM.score` (AR: next token; diffusion: masked reconstruction at seeded
 ratios). The result is reported as retention relative to the unquantized model measured when
 the proxy is built (1.0 = nothing lost): top-1 token accuracy retention (the objective) and
-per-token likelihood retention exp(mean log-prob − baseline mean log-prob). Optionally a
+per-token likelihood retention exp(mean log-prob − baseline mean log-prob). The tasks are
+tokenized once and always batched the same way: diffusion models attend to padding, so their
+scores depend on which samples share a batch, and a fixed batching keeps plans comparable. Optionally a
 small-subset pass@1 (generation + sandbox) for models strong enough to pass tasks.
 """
 

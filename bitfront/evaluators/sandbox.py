@@ -23,11 +23,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 JAIL = Path(__file__).with_name("jail.py")
-OUTCOMES = ("passed", "failed", "timeout", "crashed")
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent",
         "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
 _UID_BASE = 61000  # one sandbox uid per pool slot (root only), so process limits are per slot
@@ -61,7 +60,6 @@ class Outcome:
     stderr_tail: str = ""
     seconds: float = 0.0
     isolation: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:

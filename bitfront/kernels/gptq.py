@@ -33,7 +33,7 @@ class GPTQResult:
     bits: int
     weight: torch.Tensor  # dequantized [out, in], float32
     packed: PackedWeight
-    loss: float  # GPTQ's reconstruction loss: Σ (w - q)² / (2 [H⁻¹]ᵢᵢ)
+    loss: float  # GPTQ's reconstruction loss: Σ (w - q)² / (2 Uᵢᵢ²), U = chol(H⁻¹) upper
 
 
 def inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bitfront.kernels.quant import PackedWeight
+from bitfront.kernels.quant import PackedWeight, unpack_codes
 
 KERNELS = ("int4pack", "int8pack", "dequant")
 _FAST_DTYPES = (torch.bfloat16, torch.float16)
@@ -75,17 +75,10 @@ def choose_kernel(packed: PackedWeight, dtype: torch.dtype, device: torch.device
             and in_f % size == 0 and size in (32, 64, 128, 256) and in_f % 16 == 0):
         return "int4pack"
     if packed.bits == 8 and packed.group_size == -1 and _has_op("_weight_int8pack_mm"):
-        _, zeros = _codes_and_zeros(packed)
+        _, zeros = unpack_codes(packed)
         if bool((zeros == 128).all()):
             return "int8pack"
     return "dequant"
-
-
-def _codes_and_zeros(packed: PackedWeight) -> tuple[torch.Tensor, torch.Tensor]:
-    out_f, in_f = packed.shape
-    codes = unpack_fast(packed.qweight, packed.bits, in_f).t()  # [out, in]
-    zeros = unpack_fast(packed.qzeros.t().contiguous(), packed.bits, out_f).t()  # [groups, out]
-    return codes, zeros
 
 
 class QuantLinear(nn.Module):
@@ -103,14 +96,14 @@ class QuantLinear(nn.Module):
         if self.kernel not in KERNELS:
             raise ValueError(f"unknown kernel {self.kernel!r}; choose from {KERNELS}")
         if self.kernel == "int4pack":
-            codes, zeros = _codes_and_zeros(packed)
+            codes, zeros = unpack_codes(packed)
             scales = packed.scales.float()  # [groups, out]
             pairs = torch.stack([scales, scales * (8 - zeros.float())], dim=-1)
             self.register_buffer("weight_int4", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
                 codes.to(torch.int32).contiguous(), _INNER_K_TILES).to(device))
             self.register_buffer("scales_and_zeros", pairs.to(device, dtype).contiguous())
         elif self.kernel == "int8pack":
-            codes, _ = _codes_and_zeros(packed)
+            codes, _ = unpack_codes(packed)
             self.register_buffer("weight_int8",
                                  (codes - 128).to(torch.int8).contiguous().to(device))
             self.register_buffer("scales", packed.scales.reshape(-1).to(device, dtype))

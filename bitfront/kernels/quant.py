@@ -77,12 +77,6 @@ def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
     return torch.minimum(q, maxq) if torch.is_tensor(maxq) else q.clamp_(max=maxq)
 
 
-def fake_quant(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-               maxq: torch.Tensor | int) -> torch.Tensor:
-    """Quantize then dequantize `w` with the given per-row parameters."""
-    return scale * (quantize_codes(w, scale, zero, maxq) - zero)
-
-
 def group_slices(in_features: int, group_size: int) -> list[slice]:
     size = in_features if group_size == -1 else group_size
     return [slice(i, min(i + size, in_features)) for i in range(0, in_features, size)]

@@ -63,6 +63,7 @@ class CausalLM(CodeLM):
                 generated = self.module.generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                     max_new_tokens=opt.max_new_tokens, pad_token_id=self.pad_token_id,
+                    use_cache=True,  # whatever the config says (the pocket's is off)
                     eos_token_id=self.stop_token_ids(),
                     stop_strings=list(opt.stop) or None, tokenizer=self.tokenizer,
                     **sampling,

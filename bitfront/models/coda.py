@@ -81,14 +81,20 @@ class CoDANetwork(nn.Module):
             layer.self_attn.is_causal = False
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Shifted logits [B, L, V]: `out[:, i]` is the prediction for token i."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Shifted logits [B, L, V]: `out[:, i]` is the prediction for token i; with a bool
+        mask `positions` [B, L], only those positions' logits, [N, V] in row-major order.
+
+        The head is applied per position, so shifting the hidden states equals shifting the
+        logits, and is cheaper; asking for a few positions skips the head everywhere else.
+        """
         # A dict of masks is used as given by transformers: no mask for any layer type.
         no_mask = dict.fromkeys(self.config.layer_types)
         hidden = self.model(input_ids=input_ids, attention_mask=no_mask,
                             use_cache=False).last_hidden_state
-        logits = self.lm_head(hidden)
-        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        shifted = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
+        return self.lm_head(shifted if positions is None else shifted[positions])
 
 
 def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
@@ -133,10 +139,11 @@ def load_coda_network(directory: Path, *, dtype: torch.dtype = torch.float32,
     raw = json.loads(config_path.read_text())
     config = backbone_config(raw)
     config._attn_implementation = attn
+    eos = raw.get("eos_token_id") or CoDATokens.eos
     tokens = CoDATokens(
         mask=raw.get("mask_token_id", CoDATokens.mask),
         pad=raw.get("pad_token_id", CoDATokens.pad),
-        eos=raw.get("eos_token_id") or CoDATokens.eos,
+        eos=eos[0] if isinstance(eos, list) else eos,  # HF configs may list several
     )
     with torch.device("meta"):
         network = CoDANetwork(config)

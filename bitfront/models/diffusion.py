@@ -64,6 +64,10 @@ class DiffusionLM(CodeLM):
         # CoDA attends to everything, padding included: `attention_mask` is ignored by design.
         return self.module(input_ids.to(self.device))
 
+    def logits_at(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Shifted logits only at the positions of the bool mask [B, L]: [N, V]."""
+        return self.module(input_ids.to(self.device), positions.to(self.device))
+
     def noisy_batch(self, input_ids: torch.Tensor, generator: torch.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """CoDA's forward process: t ~ U(eps, 1) per row, each token masked with prob. t.
@@ -84,8 +88,8 @@ class DiffusionLM(CodeLM):
         input_ids = input_ids.to(self.device)
         noisy, masked, t = self.noisy_batch(input_ids.cpu(), seeded_generator(seed))
         masked, t = masked.to(self.device), t.to(self.device)
-        logits = self.logits(noisy.to(self.device))
-        ce = F.cross_entropy(logits[masked].float(), input_ids[masked], reduction="none")
+        logits = self.logits_at(noisy.to(self.device), masked)
+        ce = F.cross_entropy(logits.float(), input_ids[masked], reduction="none")
         weights = (1.0 / t)[:, None].expand_as(masked)[masked]
         return (ce * weights).sum() / input_ids.numel()
 
@@ -105,7 +109,7 @@ class DiffusionLM(CodeLM):
         for idx in batches(len(encoded), opt.batch_size, [len(e) for e in encoded]):
             ids, _ = pad_batch([encoded[i] for i in idx], self.tokens.pad, side="left")
             filled = diffusion_sample(
-                self.logits, ids.to(self.device), max_new_tokens=opt.max_new_tokens,
+                self.logits_at, ids.to(self.device), max_new_tokens=opt.max_new_tokens,
                 mask_id=self.tokens.mask, opts=dopt, temperature=opt.temperature,
                 top_p=opt.top_p, top_k=opt.top_k, generator=generator,
             )
@@ -135,17 +139,20 @@ class DiffusionLM(CodeLM):
         count = [0] * len(contexts)
         for idx in batches(len(rows), batch_size, [len(r[1]) for r in rows]):
             ids, _ = pad_batch([rows[j][1] for j in idx], self.tokens.pad, side="right")
-            noisy = ids.clone()
+            masked = torch.zeros_like(ids, dtype=torch.bool)
             for row, j in enumerate(idx):
-                noisy[row, rows[j][2]] = self.tokens.mask
-            logits = self.logits(noisy)
-            for row, j in enumerate(idx):
+                masked[row, rows[j][2]] = True
+            logits = self.logits_at(ids.masked_fill(masked, self.tokens.mask), masked)
+            ok, lp = token_stats(logits, ids[masked].to(logits.device))
+            # Row-major order: each row's masked positions are contiguous, in `idx` order.
+            start = 0
+            for j in idx:
                 sample, _, pos = rows[j]
-                ok, lp = token_stats(logits[row, pos.to(logits.device)],
-                                     ids[row, pos].to(logits.device))
-                correct[sample] += ok.sum().item()
-                logprob[sample] += lp.sum().item()
+                end = start + len(pos)
+                correct[sample] += ok[start:end].sum().item()
+                logprob[sample] += lp[start:end].sum().item()
                 count[sample] += len(pos)
+                start = end
         return ScoreResult(
             accuracy=[c / n for c, n in zip(correct, count, strict=True)],
             logprob=[lp / n for lp, n in zip(logprob, count, strict=True)],

@@ -52,7 +52,7 @@ def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) 
         remove[..., 1:] = remove[..., :-1].clone()
         remove[..., 0] = False
         logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, sorted_idx, remove), floor)
-    if top_k is not None:
+    if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1)))[0][..., -1, None]
         logits = logits.masked_fill(logits < kth, floor)
     return logits
@@ -82,11 +82,10 @@ def sample_tokens(logits: torch.Tensor, alg: str, *, temperature: float, top_p: 
 def _step(x: torch.Tensor, logits: torch.Tensor, region: torch.Tensor, t: float, s: float,
           last: bool, opts: DiffusionOptions, sampling: dict, generator: torch.Generator
           ) -> None:
-    """One reveal step, in place on `x`, restricted to masked positions inside `region`."""
+    """One reveal step, in place on `x`, over the masked positions in `region`; `logits`
+    holds their rows [N, V] in row-major order."""
     mask_index = region
-    if not mask_index.any():
-        return
-    mask_logits = logits[mask_index]
+    mask_logits = logits
     if opts.alg == "origin":
         p_transfer = 1.0 if last else 1 - s / t
         chosen = torch.rand(mask_logits.shape[0], generator=generator,
@@ -124,7 +123,8 @@ def diffusion_sample(forward: Callable[[torch.Tensor], torch.Tensor], prompt_ids
                      top_k: int | None = None, generator: torch.Generator) -> torch.Tensor:
     """Denoise `max_new_tokens` masks after `prompt_ids` [B, P]; returns [B, P + N] ids.
 
-    `forward(x)` must return CoDA's shifted logits [B, L, V].
+    `forward(x, positions)` must return CoDA's shifted logits at the positions of the bool
+    mask `positions` [B, L], as [N, V] in row-major order (see `CoDANetwork.forward`).
     """
     batch, width = prompt_ids.shape
     x = F.pad(prompt_ids, (0, max_new_tokens), value=mask_id)
@@ -144,8 +144,10 @@ def diffusion_sample(forward: Callable[[torch.Tensor], torch.Tensor], prompt_ids
         in_block = (positions >= lo) & (positions < hi)
         timesteps = torch.linspace(1, opts.eps, per_block + 1).tolist()
         for i in range(per_block):
-            logits = forward(x)
             region = (x == mask_id) & in_block
+            if not region.any():
+                continue
+            logits = forward(x, region)
             _step(x, logits, region, timesteps[i], timesteps[i + 1], i == per_block - 1,
                   opts, sampling, generator)
     return x

@@ -33,11 +33,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bitfront.errors import BitfrontError
 from bitfront.kernels.qlinear import QuantLinear
 from bitfront.kernels.quant import rtn_quantize
 from bitfront.models.base import CodeLM
 from bitfront.models.diffusion_sampling import DiffusionOptions, diffusion_sample
-from bitfront.paths import cache_dir
+from bitfront.paths import cache_dir, write_atomic
 from bitfront.progress import track
 from bitfront.space.layers import LayerSpace
 from bitfront.space.plan import BitPlan
@@ -54,13 +55,18 @@ class Workload:
     batch: int = 1
     steps: int | None = None  # diffusion only; None: one step per answer token
 
-    def phases(self, family: str) -> dict[str, tuple[int, int]]:
-        """phase -> (tokens per linear call, calls per sample)."""
+    def __post_init__(self):
+        if self.prompt_len < 1 or self.answer_len < 2 or self.batch < 1:
+            raise BitfrontError("the latency workload needs a prompt, an answer of at least "
+                                "2 tokens and a batch of at least 1")
+
+    def phases(self, family: str) -> dict[str, int]:
+        """phase -> how many times it runs per sample. Each call of a linear layer sees
+        batch × prompt tokens (AR prefill), batch tokens (AR decode) or
+        batch × (prompt + answer) tokens (a diffusion step)."""
         if family == "ar":
-            return {"prefill": (self.batch * self.prompt_len, 1),
-                    "decode": (self.batch, self.answer_len - 1)}
-        return {"step": (self.batch * (self.prompt_len + self.answer_len),
-                         self.steps or self.answer_len)}
+            return {"prefill": 1, "decode": self.answer_len - 1}
+        return {"step": self.steps or self.answer_len}
 
     def unit(self, family: str) -> tuple[str, int]:
         return ("token", self.answer_len) if family == "ar" else ("step",
@@ -148,10 +154,11 @@ class LatencyTable:
         """Predicted seconds per sample, per token / step, and the split by phase."""
         phases = self.workload.phases(self.family)
         by_phase = {}
-        for phase, (_, calls) in phases.items():
+        for phase, calls in phases.items():
             by_phase[phase] = calls * sum(
                 self.layer_time(phase, layer.out_features, layer.in_features,
-                                plan.specs[layer.name].bits) for layer in space.layers)
+                                plan.specs[layer.name].bits)
+                for layer in space.layers if not layer.embedding)
         total = self.rest + sum(by_phase.values())
         unit, count = self.workload.unit(self.family)
         return {"seconds": total, f"per_{unit}": total / count, "linear_by_phase": by_phase,
@@ -223,6 +230,11 @@ class _LinearClock:
             handle.remove()
 
 
+def _linears(space: LayerSpace) -> list[str]:
+    """The layers with a per-layer latency (embeddings are part of the rest)."""
+    return [layer.name for layer in space.layers if not layer.embedding]
+
+
 def _uniform_packed(lm: CodeLM, space: LayerSpace, bits: int, group_size: int,
                     dtype: torch.dtype) -> nn.Module:
     """`lm.module` in `dtype` with every layer of `space` packed at `bits` (RTN weights)."""
@@ -231,7 +243,7 @@ def _uniform_packed(lm: CodeLM, space: LayerSpace, bits: int, group_size: int,
         def pack(name, linear):
             _, packed = rtn_quantize(linear.weight.detach().float(), bits, group_size)
             return QuantLinear(packed, linear.bias, dtype=dtype, device=lm.device)
-        _replace(module, space.names(), pack)
+        _replace(module, _linears(space), pack)
     return module.eval()
 
 
@@ -252,7 +264,7 @@ def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
     for b in track(list(bits), "latency table", show=show_progress):
         module = _uniform_packed(lm, space, b, group_size, dtype)
         targets = dict(module.named_modules())
-        clock = _LinearClock({n: targets[n] for n in space.names()}, device)
+        clock = _LinearClock({n: targets[n] for n in _linears(space)}, device)
         runs = []
         for i in range(repeats + 1):
             generate_fixed(module, lm.family, workload, vocab=vocab, mask_id=mask_id,
@@ -261,9 +273,9 @@ def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
             if i:  # the first run warms up
                 runs.append(timed)
         clock.remove()
-        for phase, (_, calls) in phases.items():
+        for phase, calls in phases.items():
             per_shape: dict[tuple[int, int], list[float]] = {}
-            for layer in space.layers:
+            for layer in (layer for layer in space.layers if not layer.embedding):
                 per_call = statistics.median(r[f"{phase}|{layer.name}"] for r in runs) / calls
                 per_shape.setdefault((layer.out_features, layer.in_features), []).append(
                     per_call)
@@ -271,7 +283,7 @@ def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
                 layers[f"{phase}|{out_f}|{in_f}|{b}"] = statistics.mean(times)
         del module
     rest_module = copy.deepcopy(lm.module).to(dtype)
-    _replace(rest_module, space.names(),
+    _replace(rest_module, _linears(space),
              lambda name, mod: FreeLinear(mod.weight.shape[0]))
     rest = time_call(lambda: generate_fixed(rest_module, lm.family, workload,
                                             vocab=len(lm.tokenizer), mask_id=_mask_id(lm)),
@@ -280,10 +292,7 @@ def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
                          workload=workload, layers=layers, rest=rest,
                          meta={"torch": torch.__version__, "threads": torch.get_num_threads(),
                                "attn": getattr(lm.module.config, "_attn_implementation", None)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table.to_dict(), indent=1) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(table.to_dict(), indent=1) + "\n")
     return table
 
 

@@ -1,24 +1,32 @@
 """HAWQ sensitivity: how much the loss suffers when a layer is quantized to b bits.
 
-Ω_i(b) = Tr(H_i) / n_i · ‖Q_b(W_i) − W_i‖², with H_i the loss Hessian w.r.t. layer i's
+Ω_i(b) = |Tr(H_i)| / n_i · ‖Q_b(W_i) − W_i‖², with H_i the loss Hessian w.r.t. layer i's
 weight (Hutchinson trace, kernels/hvp.py), n_i its number of weights and Q_b the GPTQ
-candidate. The cheap variant needs no trace: GPTQ's own reconstruction loss at b bits, a
-second-order estimate of the layer's output error.
+candidate. The magnitude of the trace is used: away from a minimum (an undertrained model, a
+layer of mixed curvature) the estimate can come out negative, and a negative Ω would tell the
+seed ILP that quantizing a layer *helps*. The cheap variant needs no trace: GPTQ's own
+reconstruction loss at b bits, a second-order estimate of the layer's output error.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from bitfront.evaluators.calibration import Calibration
 from bitfront.kernels.hvp import hutchinson_traces
 from bitfront.models.base import CodeLM
+from bitfront.paths import write_atomic
 from bitfront.search.candidates import Candidates
 
-SCHEMA = 1
+SCHEMA = 2  # 2: Ω from |Tr(H)|
 
 
 @dataclass(frozen=True)
@@ -30,7 +38,7 @@ class SensitivityRow:
     trace: float  # Tr(H_i), Hutchinson estimate
     n_params: int
     delta_sq: float  # ‖Q_b(W) − W‖²
-    omega: float  # HAWQ: trace / n · delta_sq
+    omega: float  # HAWQ: |trace| / n · delta_sq
     gptq_loss: float  # the cheap variant
 
 
@@ -48,9 +56,6 @@ class Sensitivity:
             if row.layer == layer and row.bits == bits:
                 return row.gptq_loss if cheap else row.omega
         raise KeyError((layer, bits))
-
-    def traces(self) -> dict[str, float]:
-        return {row.layer: row.trace for row in self.rows}
 
     def ranked(self, bits: int) -> list[SensitivityRow]:
         """Rows at `bits`, most sensitive first."""
@@ -76,6 +81,21 @@ class Sensitivity:
         return json_path, csv_path
 
 
+@contextmanager
+def _float32(module: nn.Module) -> Iterator[None]:
+    """Run in float32, then return to the module's dtype (exactly: every 16-bit value is a
+    float32 value). Finite-difference steps of 1e-3 of a weight's scale vanish in bfloat16."""
+    dtype = next(module.parameters()).dtype
+    if dtype == torch.float32:
+        yield
+        return
+    module.float()
+    try:
+        yield
+    finally:
+        module.to(dtype)
+
+
 def hawq_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibration, *,
                      probes: int = 4, method: str = "fd", eps: float = 1e-3, seed: int = 0,
                      batches: int | None = None, show_progress: bool = True) -> Sensitivity:
@@ -85,9 +105,10 @@ def hawq_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibratio
     modules = dict(lm.module.named_modules())
     weights = {name: modules[name].weight for name in space.names()}
     data = calibration.clean[:batches] if batches else calibration.clean
-    traces = hutchinson_traces(lambda b: lm.loss(b, seed=seed), lm.module, weights, data,
-                               probes=probes, method=method, eps=eps, seed=seed,
-                               show_progress=show_progress)
+    with _float32(lm.module):
+        traces = hutchinson_traces(lambda b: lm.loss(b, seed=seed), lm.module, weights, data,
+                                   probes=probes, method=method, eps=eps, seed=seed,
+                                   show_progress=show_progress)
     rows = []
     for layer in space.layers:
         original = candidates.weight(layer.name, 16).float()
@@ -96,7 +117,8 @@ def hawq_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibratio
             trace = traces[layer.name]
             rows.append(SensitivityRow(
                 layer=layer.name, kind=layer.kind, block=layer.block, bits=bits, trace=trace,
-                n_params=layer.numel, delta_sq=delta, omega=trace / layer.numel * delta,
+                n_params=layer.numel, delta_sq=delta,
+                omega=abs(trace) / layer.numel * delta,
                 gptq_loss=candidates.gptq_loss(layer.name, bits)))
     return Sensitivity(model=lm.name, method=method, probes=probes, rows=rows)
 
@@ -105,15 +127,13 @@ def cached_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibrat
                        probes: int = 4, method: str = "fd", eps: float = 1e-3, seed: int = 0,
                        batches: int | None = None, show_progress: bool = True) -> Sensitivity:
     """`hawq_sensitivity`, stored beside the candidates it was computed from."""
-    path = candidates.directory / (f"sensitivity-{method}-p{probes}-e{eps:g}-s{seed}"
+    path = candidates.directory / (f"sensitivity-v{SCHEMA}-{method}-p{probes}-e{eps:g}-s{seed}"
                                    f"-b{batches or 'all'}.json")
     if path.exists():
         return Sensitivity.from_dict(json.loads(path.read_text()))
     sens = hawq_sensitivity(lm, candidates, calibration, probes=probes, method=method, eps=eps,
                             seed=seed, batches=batches, show_progress=show_progress)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(sens.to_dict(), indent=1) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(sens.to_dict(), indent=1) + "\n")
     return sens
 
 

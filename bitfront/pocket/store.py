@@ -1,8 +1,11 @@
 """Where pocket models live: the user cache, else the copy shipped in the package, else they
-are trained on first use (both twins of a size at once)."""
+are trained on first use (both twins of a size at once). A copy whose training record does
+not match the current recipe is not used."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
@@ -30,8 +33,12 @@ def shipped_dir(name: str) -> Path:
     return Path(str(resources.files("bitfront.pocket") / "weights" / name))
 
 
-def _complete(directory: Path) -> bool:
-    return (directory / "config.json").exists() and (directory / "training.json").exists()
+def is_current(directory: Path, size: PocketSize) -> bool:
+    """A complete copy trained with today's recipe (a changed recipe means retraining)."""
+    record = directory / "training.json"
+    if not (directory / "config.json").exists() or not record.exists():
+        return False
+    return json.loads(record.read_text()).get("size") == asdict(size)
 
 
 def pocket_dir(name: str, *, show_progress: bool = True) -> Path:
@@ -40,6 +47,6 @@ def pocket_dir(name: str, *, show_progress: bool = True) -> Path:
     if size is None:
         raise KeyError(name)
     for directory in (cached_dir(name), shipped_dir(name)):
-        if _complete(directory):
+        if is_current(directory, size):
             return directory
     return train_pair(size, cache_dir() / "pocket", show_progress=show_progress)[name]

@@ -69,24 +69,39 @@ class PlanApplier:
             self.restore()
 
 
+def plan_space(lm: CodeLM, plan: BitPlan):
+    """The layer space a plan was made over (head and embeddings as the plan has them)."""
+    from bitfront.space.layers import layer_space
+
+    return layer_space(lm, include_head="lm_head" in plan.specs,
+                       include_embeddings=any(n.endswith("embed_tokens") for n in plan.specs))
+
+
 def candidates_for_plan(lm: CodeLM, plan: BitPlan, *, show_progress: bool = True
                         ) -> Candidates:
     """The candidate cache a saved plan was made from (computed if missing), following the
-    quantizer and calibration settings recorded in its metadata."""
+    quantizer and calibration settings recorded in its metadata; refuses when what it
+    rebuilds differs from what the plan names (other weights, or calibration text from
+    another Python's standard library)."""
     from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
     from bitfront.search.candidates import QuantizerSettings, build_candidates
-    from bitfront.space.layers import layer_space
 
     spec = next(iter(plan.specs.values()))
     quantizer = plan.meta.get("quantizer") or {"group_size": spec.group_size, "sym": spec.sym}
     settings = QuantizerSettings(**{**quantizer, "bits": tuple(quantizer.get("bits",
                                                                              (2, 3, 4, 8)))})
     calibration = calibration_set(lm, CalibrationConfig(**plan.meta.get("calibration", {})))
-    space = layer_space(lm, include_head="lm_head" in plan.specs,
-                        include_embeddings=any(n.endswith("embed_tokens") for n in plan.specs))
+    space = plan_space(lm, plan)
     plan.validate(space, lm.fingerprint())
-    return build_candidates(lm, space, calibration, settings=settings,
-                            show_progress=show_progress)
+    candidates = build_candidates(lm, space, calibration, settings=settings,
+                                  show_progress=show_progress)
+    wanted = plan.meta.get("candidates")
+    if wanted and wanted != candidates.key:
+        raise PlanError(f"the plan was made from candidates {wanted}, but this machine "
+                        f"builds {candidates.key} from the recorded settings (different "
+                        "calibration text, e.g. another Python version's standard library); "
+                        "run the search here, or copy that candidate cache")
+    return candidates
 
 
 def packed_module(lm: CodeLM, plan: BitPlan, candidates: Candidates, *,
@@ -95,6 +110,9 @@ def packed_module(lm: CodeLM, plan: BitPlan, candidates: Candidates, *,
     """A copy of `lm.module` in `dtype` whose quantized layers are `QuantLinear`s holding the
     plan's packed candidates (the real low-bit model, for latency and memory)."""
     PlanApplier(lm, candidates).check(plan)
+    if any(candidates.space[n].embedding and s.quantized for n, s in plan.specs.items()):
+        raise PlanError("packed models have no quantized-embedding kernel: quantized "
+                        "embeddings are modelled in memory and accuracy only")
     device = torch.device(device) if device is not None else lm.device
     module = copy.deepcopy(lm.module).to(device, dtype)
     modules = dict(module.named_modules())

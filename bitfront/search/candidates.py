@@ -27,7 +27,7 @@ from bitfront.kernels.gptq import GPTQResult, gptq_quantize
 from bitfront.kernels.hessian import capture_hessians
 from bitfront.kernels.quant import PackedWeight, rtn_quantize
 from bitfront.models.base import CodeLM
-from bitfront.paths import cache_dir
+from bitfront.paths import cache_dir, write_atomic
 from bitfront.progress import progress_bar
 from bitfront.space.layers import LayerSpace
 
@@ -52,9 +52,10 @@ class QuantizerSettings:
 
 
 def candidate_key(model: str, calibration: str, settings: QuantizerSettings,
-                  space: LayerSpace) -> str:
+                  space: LayerSpace, hessian_dtype: torch.dtype = torch.float32) -> str:
     blob = json.dumps({"format": FORMAT, "model": model, "calibration": calibration,
-                       "settings": settings.to_dict(), "layers": space.names()}, sort_keys=True)
+                       "settings": settings.to_dict(), "layers": space.names(),
+                       "hessian_dtype": str(hessian_dtype)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -108,11 +109,6 @@ class Candidates:
                 tensor = fh.get_tensor(f"w{bits}")
             self._weights[key] = tensor.to(self.device, self.dtype)
         return self._weights[key]
-
-    def preload(self) -> None:
-        for name in self.space.names():
-            for bits in self.bits:
-                self.weight(name, bits)
 
     def packed(self, name: str, bits: int) -> PackedWeight:
         layer = self.space[name]
@@ -175,16 +171,17 @@ def _quantize_layer(module: nn.Module, hessian: torch.Tensor | None,
                          blocksize=settings.blocksize)
 
 
-def _chunks(space: LayerSpace, names: list[str], max_bytes: int) -> list[list[str]]:
-    """Split layers into calibration passes whose Hessians fit in `max_bytes` (fp32),
-    never splitting a decoder block (its linears share Hessians)."""
+def _chunks(space: LayerSpace, names: list[str], max_bytes: int, element_size: int
+            ) -> list[list[str]]:
+    """Split layers into calibration passes whose Hessians fit in `max_bytes`, never
+    splitting a decoder block (its linears share Hessians)."""
     chunks: list[list[str]] = []
     current: list[str] = []
     size = 0
     block = object()
     for name in names:
         layer = space[name]
-        cost = layer.in_features**2 * 4
+        cost = layer.in_features**2 * element_size
         if current and layer.block != block and size + cost > max_bytes:
             chunks.append(current)
             current, size = [], 0
@@ -204,7 +201,8 @@ def build_candidates(lm: CodeLM, space: LayerSpace, calibration: Calibration, *,
     """Compute (or resume, or just open) the candidates of every layer of `space`."""
     settings = settings or QuantizerSettings()
     root = root or cache_dir() / "candidates"
-    key = candidate_key(lm.fingerprint(), calibration.fingerprint(), settings, space)
+    key = candidate_key(lm.fingerprint(), calibration.fingerprint(), settings, space,
+                        hessian_dtype)
     directory = root / key
     directory.mkdir(parents=True, exist_ok=True)
     modules = dict(lm.module.named_modules())
@@ -220,7 +218,8 @@ def build_candidates(lm: CodeLM, space: LayerSpace, calibration: Calibration, *,
         with progress_bar() as bar:
             task = bar.add_task("GPTQ candidates", total=len(todo), info="",
                                 visible=show_progress)
-            for chunk in _chunks(space, todo, max_hessian_bytes):
+            element_size = torch.empty(0, dtype=hessian_dtype).element_size()
+            for chunk in _chunks(space, todo, max_hessian_bytes, element_size):
                 linears = {n: modules[n] for n in chunk if isinstance(modules[n], nn.Linear)}
                 bar.update(task, info=f"calibrating {len(linears)} layers")
                 hessians = capture_hessians(lm.logits, linears, calibration.batches,
@@ -237,7 +236,5 @@ def build_candidates(lm: CodeLM, space: LayerSpace, calibration: Calibration, *,
                 "calibration": calibration.config.to_dict(), "layers": space.names(),
                 "gptq_loss": {n: {str(b): v for b, v in losses[n].items()}
                               for n in space.names()}}
-    tmp = directory / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, directory / "manifest.json")
+    write_atomic(directory / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return Candidates(directory, space, settings, device=lm.device, dtype=lm.dtype)

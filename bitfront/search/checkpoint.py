@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from bitfront.errors import PlanError
 from bitfront.models.base import CodeLM
 from bitfront.models.coda import coda_config_dict
 from bitfront.search.candidates import Candidates
@@ -27,6 +28,9 @@ from bitfront.space.plan import BitPlan
 
 def write_gptq_checkpoint(lm: CodeLM, plan: BitPlan, candidates: Candidates, directory: Path,
                           *, dtype: torch.dtype = torch.float16) -> Path:
+    if any(candidates.space[n].embedding and s.quantized for n, s in plan.specs.items()):
+        raise PlanError("GPTQ checkpoints cannot hold quantized embeddings; search without "
+                        "--include-embeddings for a deployable plan")
     directory.mkdir(parents=True, exist_ok=True)
     quant_config = {**gptqmodel_config(plan, act_order=candidates.settings.act_order,
                                        damp=candidates.settings.percdamp),

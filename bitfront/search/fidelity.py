@@ -26,9 +26,10 @@ from bitfront.space.memory import plan_memory
 from bitfront.space.plan import BitPlan
 
 
-def fidelity_plans(candidates: Candidates, model: str, *, mixed: int = 3, seed: int = 0
-                   ) -> list[BitPlan]:
-    """Uniform plans at every candidate bitwidth and 16, then `mixed` random mixed plans."""
+def sample_plans(candidates: Candidates, model: str, *, mixed: int = 3, seed: int = 0
+                 ) -> list[BitPlan]:
+    """Uniform plans at every candidate bitwidth and 16, then `mixed` seeded random mixed
+    plans (for fidelity and for checking the cost models)."""
     settings, space = candidates.settings, candidates.space
     plans = [BitPlan.uniform(space, model, b, settings.group_size, settings.sym,
                              name=f"uniform-{b}")

@@ -19,9 +19,9 @@ from optuna._hypervolume import compute_hypervolume
 from optuna.trial import TrialState
 
 from bitfront.errors import BitfrontError
-from bitfront.search.seeds import format_bytes
 from bitfront.search.study import CONFIG_ATTR, OBJECTIVES
 from bitfront.space.plan import BitPlan
+from bitfront.units import format_bytes
 
 
 class NoPlanError(BitfrontError):
@@ -138,6 +138,15 @@ def best_under(pts: list[Point], *, memory: int | None = None, latency: float | 
             raise NoPlanError(f"no plan within budget; the fastest takes {fastest:.4g} s")
         raise NoPlanError("no plan within budget; the study has no feasible trials yet")
     return max(fits, key=lambda p: (p.metrics[accuracy], -p.metrics["memory_bytes"]))
+
+
+METRICS = ("retention", "logprob_retention", "top1", "memory_bytes", "avg_bits",
+           "nominal_bits", "latency_s", "per_token", "per_step", "rest")
+
+
+def trial_metrics(metrics: dict) -> dict:
+    """The numeric metrics a trial records (from its user attributes), JSON-ready."""
+    return {k: float(metrics[k]) for k in METRICS if k in metrics}
 
 
 def plan_of(point: Point, config: dict) -> BitPlan:

@@ -18,6 +18,7 @@ from bitfront.errors import BitfrontError
 from bitfront.space.layers import LayerSpace
 from bitfront.space.memory import layer_nbytes
 from bitfront.space.plan import QuantSpec
+from bitfront.units import format_bytes
 
 
 class BudgetError(BitfrontError):
@@ -115,37 +116,3 @@ def hawq_seeds(problem: SeedProblem, *, k: int = 6, uniform=(2, 3, 4, 8),
             seen.add(key)
             unique.append(seed)
     return unique
-
-
-_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
-
-
-def parse_bytes(text: str) -> int:
-    """'1.2GiB', '800MB', '123456' -> bytes."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
-    unit = (match.group(2) or "b").lower() if match else ""
-    if not match or unit not in _UNITS:
-        raise BitfrontError(f"cannot read {text!r} as a size: use e.g. 1.2GiB, 800MB, 1500000")
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def parse_seconds(text: str) -> float:
-    """'0.5s', '120ms', '2' -> seconds."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|us|)\s*", str(text))
-    if not match:
-        raise BitfrontError(f"cannot read {text!r} as a duration: use e.g. 0.5s or 120ms")
-    scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0, "": 1.0}[match.group(2)]
-    return float(match.group(1)) * scale
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
-        n /= 1024
-    return f"{n:.3g}GiB"

@@ -236,7 +236,7 @@ class PlanSearch:
     def _layer_latency(self, layer, bits: int) -> float:
         calls = self.table.workload.phases(self.lm.family)
         return sum(n * self.table.layer_time(phase, layer.out_features, layer.in_features, bits)
-                   for phase, (_, n) in calls.items())
+                   for phase, n in calls.items())
 
     def seeds(self) -> list[Seed]:
         if self.config.ilp_budgets <= 0:
@@ -317,7 +317,12 @@ class PlanSearch:
             # comparable when workers run on other machines.
             if self.table is not None:
                 if TABLE_ATTR in study.user_attrs:
-                    self.table = LatencyTable.from_dict(study.user_attrs[TABLE_ATTR])
+                    shared = LatencyTable.from_dict(study.user_attrs[TABLE_ATTR])
+                    if shared.workload != self.table.workload:
+                        raise StudyMismatchError(
+                            f"study {study_name!r} measures latency for {shared.workload}, "
+                            f"this worker for {self.table.workload}; use the same workload")
+                    self.table = shared
                 else:
                     study.set_user_attr(TABLE_ATTR, self.table.to_dict())
             mine = self.study_config()

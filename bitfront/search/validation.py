@@ -3,7 +3,6 @@ end-to-end timing of packed models, and analytic plan memory against the packed 
 
 from __future__ import annotations
 
-import random
 import statistics
 
 import torch
@@ -16,21 +15,6 @@ from bitfront.search.apply import packed_module
 from bitfront.search.candidates import Candidates
 from bitfront.space.memory import plan_memory
 from bitfront.space.plan import BitPlan
-
-
-def validation_plans(candidates: Candidates, model: str, *, mixed: int = 5, seed: int = 0
-                     ) -> list[BitPlan]:
-    """The uniform plans (every candidate bitwidth and 16) and `mixed` seeded mixed plans."""
-    settings, space = candidates.settings, candidates.space
-    choices = sorted({*settings.bits, 16})
-    plans = [BitPlan.uniform(space, model, b, settings.group_size, settings.sym,
-                             name=f"uniform-{b}") for b in choices]
-    rng = random.Random(seed)
-    for k in range(mixed):
-        bits = {name: rng.choice(choices) for name in space.names()}
-        plans.append(BitPlan.from_bits(model, bits, settings.group_size, settings.sym,
-                                       name=f"mixed-{k}"))
-    return plans
 
 
 def validate_costs(lm: CodeLM, candidates: Candidates, table: LatencyTable,

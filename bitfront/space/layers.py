@@ -32,6 +32,12 @@ class Layer:
     def numel(self) -> int:
         return self.out_features * self.in_features
 
+    @property
+    def embedding(self) -> bool:
+        """Token embeddings: quantized for memory and accuracy, but looked up, not
+        multiplied, so they have no packed kernel and no per-layer latency."""
+        return self.kind == "embed_tokens"
+
 
 @dataclass(frozen=True)
 class LayerSpace:
@@ -67,6 +73,11 @@ def layer_space(lm, *, include_head: bool = False, include_embeddings: bool = Fa
     """The layer space of a `CodeLM`: its quantizable linears, optionally head and
     embeddings (quantized along the hidden dimension like a linear weight)."""
     modules: dict[str, nn.Module] = dict(lm.quantizable(include_head=include_head))
+    embeddings = [m.weight for m in lm.module.modules() if isinstance(m, nn.Embedding)]
+    if include_head and any(modules["lm_head"].weight is w for w in embeddings):
+        raise BitfrontError("lm_head shares its weight with the token embeddings (tied): "
+                            "quantizing it would quantize the embeddings too; leave the head "
+                            "out (the default)")
     if include_embeddings:
         for name, mod in lm.module.named_modules():
             if isinstance(mod, nn.Embedding):

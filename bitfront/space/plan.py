@@ -69,7 +69,9 @@ class BitPlan:
             raise PlanError(f"plan leaves {len(missing)} quantizable layers without a spec, "
                             f"e.g. {missing[0]!r}")
         if model is not None and self.model != model:
-            raise PlanError(f"plan was made for model {self.model}, this model is {model}")
+            raise PlanError(f"plan was made for model {self.model}, this model is {model} "
+                            "(another checkpoint, or the same one loaded in another dtype: "
+                            "see --dtype)")
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "model": self.model, "meta": self.meta,

@@ -1,0 +1,124 @@
+"""The study runner at micro size: every stage, the report and its plots, resuming, compare,
+and spec validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from bitfront.studies.compare import compare_runs, load_front
+from bitfront.studies.runner import run_study
+from bitfront.studies.spec import STAGES, SpecError, finished, load_spec, parse_spec
+
+MICRO = Path(__file__).parent / "fixtures" / "micro-study.toml"
+
+
+@pytest.fixture(scope="module")
+def micro_run(micro_pair, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return root, run_study(load_spec(MICRO), root, show_progress=False)
+
+
+def test_study_report_holds_every_part(micro_run):
+    root, run_dir = micro_run
+    spec = load_spec(MICRO)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["models"]) == {"diffusion", "ar"}
+    for label, model in report["models"].items():
+        assert model["model"]["family"] == label
+        assert [u["bits"] for u in model["uniform"]] == [16, 4, 2]
+        for row in model["uniform"] + model["verified"]:
+            assert set(row["pass@1"]) == {"mbpp", "humaneval"}
+            assert row["retention"] >= 0 and row["memory_bytes"] > 0
+        assert model["uniform"][0]["retention"] == 1.0  # 16 bits: nothing lost
+        assert 0 < model["hypervolume"] <= 1 and model["front"] and model["knee"] is not None
+        assert 1 <= len(model["verified"]) <= spec.evaluation.verify_front
+        assert all(Path(p).exists() for p in model["exports"])
+        assert "kendall_tau" in model["fidelity"]
+    assert report["findings"] and report["findings"][0].startswith("At ≤ ")
+    assert "diffusion model" in report["findings"][0] and "autoregressive" in report["findings"][0]
+    comparison = report["comparison"]
+    assert comparison["retention_gap_memory"]["mean_gap"] is not None
+    expected = {"fronts_memory", "fronts_latency", "fronts_bits", "uniform", "sensitivity",
+                "allocation"}
+    assert set(report["plots"]) == expected
+    for name in report["plots"].values():
+        image = matplotlib.image.imread(run_dir / name)
+        assert image.shape[0] > 200 and image.std() > 0.01, name  # a real, non-blank figure
+    text = (run_dir / "report.md").read_text()
+    for section in ("## Finding", "## Uniform bitwidths", "## Fronts", "## Verified front",
+                    "## Proxy fidelity", "## Frontier comparison", "HAWQ sensitivity",
+                    "Bit allocation", "## Exports"):
+        assert section in text
+
+
+def test_finished_study_is_not_recomputed(micro_run):
+    root, run_dir = micro_run
+    spec = load_spec(MICRO)
+    assert finished(spec, root)
+    stamps = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/*.json")}
+    assert len(stamps) == len(spec.models) * len(STAGES)
+    run_study(spec, root, show_progress=False)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/*.json")} == stamps
+
+
+def test_compare_two_runs(micro_run):
+    _, run_dir = micro_run
+    a, b = load_front(run_dir / "diffusion"), load_front(run_dir / "ar")
+    result = compare_runs(a, b, [200_000])
+    assert result["runs"] == ["diffusion", "ar"]
+    for label in ("diffusion", "ar"):
+        assert 0 < result[label]["hypervolume"] <= 1
+        assert result[label]["knee"]["memory_bytes"] > 0
+        assert set(result[label]["best_at"]) == {"200000"}
+    gap = result["retention_gap_memory"]
+    assert gap["range"][0] < gap["range"][1] and gap["mean_gap"] is not None
+
+
+def test_retention_gap_of_known_staircases():
+    from bitfront.studies.compare import RunFront, retention_gap
+
+    def run(label, pts):
+        return RunFront(label=label, family=None, objectives=["accuracy", "memory"],
+                        accuracy_key="retention", reference={"memory": 400},
+                        points=[{"trial": i, "origin": "", "feasible": True,
+                                 "memory_bytes": m, "retention": r}
+                                for i, (m, r) in enumerate(pts)])
+
+    a = run("a", [(100, 0.9), (200, 1.0), (300, 0.95)])
+    b = run("b", [(150, 0.8), (300, 0.9)])
+    gap = retention_gap(a, b)
+    # Common range [150, 300]: a is 0.9 then 1.0 (from 200), b is 0.8 then 0.9 (at 300).
+    assert gap["range"] == [150.0, 300.0]
+    expected = (50 * 0.1 + 100 * 0.2) / 150
+    assert gap["mean_gap"] == pytest.approx(expected, abs=0.01)
+
+
+def test_bad_specs_name_the_key(tmp_path):
+    good = {"name": "x", "models": {"ar": "pocket-ar-micro"}}
+    assert parse_spec(good).search.trials == 100
+    cases = [({"search": {"trails": 3}}, "unknown key search.trails"),
+             ({"search": {"trials": "many"}}, "search.trials should be"),
+             ({"search": {"sampler": "random"}}, "search.sampler must be"),
+             ({"quantizer": {"bits": [5]}}, "quantizer.bits must be"),
+             ({"evaluation": {"benches": ["apps"]}}, "evaluation.benches must be"),
+             ({"colour": "blue"}, "unknown key colour")]
+    for extra, message in cases:
+        with pytest.raises(SpecError, match=message):
+            parse_spec({**good, **extra}, "spec.toml")
+    with pytest.raises(SpecError, match="models must be"):
+        parse_spec({"name": "x", "models": {}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[models]\nar = "pocket-ar"\n[search]\ntrails = 3\n')
+    from test_cli import bitfront_cmd
+
+    res = bitfront_cmd("study", "run", str(bad), cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (f"error: {bad}: unknown key search.trails (known: "
+                                  "accuracy, choices, ilp_budgets, latency_budget, memory_budget, "
+                                  "objectives, population, sampler, seed, storage, trials)")
+    for name in ("pocket", "coda-vs-qwen3"):
+        assert load_spec(name).name == name  # the bundled specs are valid
