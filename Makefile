@@ -21,4 +21,5 @@ demo: install
 	$(BIN)/bitfront demo
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest

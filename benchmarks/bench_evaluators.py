@@ -22,7 +22,7 @@ from bitfront.models.diffusion import SCORE_MASK_RATIOS
 
 def sandbox_throughput(workers: int) -> dict:
     tasks = bench_tasks("mbpp", style="plain")
-    programs = [Program(t.reference, t.tests, t.task_id) for t in tasks]
+    programs = [Program(t.reference, t.tests) for t in tasks]
     start = time.perf_counter()
     outcomes = run_programs(programs, workers=workers)
     seconds = time.perf_counter() - start

@@ -156,7 +156,7 @@ def _candidates(args, lm):
                                  percdamp=args.percdamp)
     calibration = calibration_set(lm, CalibrationConfig(
         n_samples=args.calib_samples, seq_len=args.calib_seq_len, seed=args.calib_seed,
-        mask_aware=not args.no_mask_aware))
+        mask_aware=not args.no_mask_aware, mbpp=getattr(args, "mbpp", None) or ""))
     return build_candidates(lm, space, calibration, settings=settings), calibration
 
 
@@ -246,7 +246,7 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
 def cmd_eval(args) -> int:
     from bitfront.evaluators.harness import evaluate
     from bitfront.search.apply import PlanApplier, candidates_for_plan
-    from bitfront.search.fidelity import plan_digest
+    from bitfront.search.fidelity import plan_model_key
     from bitfront.space.plan import BitPlan
 
     lm = _load(args)
@@ -255,12 +255,11 @@ def cmd_eval(args) -> int:
     plan = BitPlan.load(Path(args.plan)) if args.plan else None
     if plan is not None:
         tag = plan.meta.get("name") or Path(args.plan).stem
-        key = f"{key}-{plan_digest(plan)}"
+        candidates = candidates_for_plan(lm, plan)
+        key = plan_model_key(lm, plan, candidates)
+        PlanApplier(lm, candidates).apply(plan)
     out_path = Path(args.out) if args.out else _run_dir("eval", args.model) / (
         f"{args.bench}-{tag}.json")
-    if plan is not None:
-        applier = PlanApplier(lm, candidates_for_plan(lm, plan))
-        applier.apply(plan)
     report = evaluate(lm, config, out_path, model_key=key, mbpp_source=args.mbpp)
     scores = ", ".join(f"{k} {report[k]:.1%}" for k in report if k.startswith("pass@"))
     out.print(f"{lm.name} on {args.bench} ({report['tasks']} tasks, {report['style']} prompts"
@@ -317,7 +316,8 @@ def _setup(args):
                                     act_order=args.act_order,
                                     static_groups=args.static_groups, percdamp=args.percdamp),
         calibration=CalibrationConfig(n_samples=args.calib_samples, seq_len=args.calib_seq_len,
-                                      seed=args.calib_seed, mask_aware=not args.no_mask_aware),
+                                      seed=args.calib_seed, mask_aware=not args.no_mask_aware,
+                                      mbpp=getattr(args, "mbpp", None) or ""),
         proxy=ProxyConfig(n_tasks=args.proxy_tasks),
         workload=Workload(prompt_len=args.prompt_len, answer_len=args.answer_len,
                           steps=args.steps),
@@ -409,7 +409,7 @@ def cmd_search(args) -> int:
 
 
 def _chosen_point(args, study):
-    from bitfront.search.front import best_under, points
+    from bitfront.search.front import accuracy_metric, best_under, points, study_config
     from bitfront.units import parse_bytes, parse_seconds
 
     pts = points(study)
@@ -420,7 +420,8 @@ def _chosen_point(args, study):
         raise BitfrontError(f"trial {args.trial} is not a completed trial of the study")
     memory = parse_bytes(args.memory) if args.memory else None
     latency = parse_seconds(args.latency) if args.latency else None
-    return best_under(pts, memory=memory, latency=latency)
+    return best_under(pts, memory=memory, latency=latency,
+                      accuracy=accuracy_metric(study_config(study)))
 
 
 def cmd_best(args) -> int:

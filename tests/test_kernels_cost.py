@@ -76,6 +76,15 @@ def test_quant_linear_computes_the_quantized_weight(bits, group_size, sym):
     assert (got - expected).abs().max() < 0.02 * expected.abs().max()
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_quant_linear_with_a_short_last_group(bits):
+    """in_features not a multiple of the group size (e.g. 192 with groups of 128)."""
+    weight = torch.randn(48, 192) * 0.05
+    dq, packed = rtn_quantize(weight, bits, 128, False)
+    layer = QuantLinear(packed, None, dtype=torch.float32)
+    torch.testing.assert_close(layer.dequantized(), dq.t(), rtol=0, atol=0)
+
+
 @pytest.fixture(scope="module")
 def packed_setup(micro_pair):
     from bitfront.evaluators.calibration import CalibrationConfig, calibration_set

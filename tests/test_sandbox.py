@@ -13,6 +13,7 @@ import pytest
 
 from bitfront.evaluators.sandbox import Limits, Program, run_program, run_programs
 
+LEAK = f"bitfront-leak-{os.getpid()}"
 LIMITS = Limits(timeout=3.0, cpu_seconds=3, memory_bytes=1 << 30, file_bytes=4 << 20,
                 processes=16)
 
@@ -74,6 +75,8 @@ def sandbox_processes() -> list[int]:
 def hostile_programs(victim: Path, port: int) -> dict[str, tuple[str, set[str]]]:
     target = victim / "keep.txt"
     return {
+        # Allowed into a private /tmp (root namespaces) or refused (guard); never left behind.
+        "write /tmp": (f"open('/tmp/{LEAK}', 'w').write('x')", {"passed", "failed"}),
         "infinite loop": ("while True:\n    pass", {"timeout"}),
         "sleep forever": ("import time\ntime.sleep(10**6)", {"timeout"}),
         "fork bomb": ("import os\nwhile True:\n    os.fork()", {"crashed", "timeout"}),
@@ -107,8 +110,7 @@ def test_hostile_programs_are_contained_and_classified(victim, listener):
     leftovers_before = set(Path("/tmp").glob("bitfront-sandbox-*"))
     processes_before = set(sandbox_processes())
     start = time.monotonic()
-    outcomes = run_programs([Program(code, ("assert True",), name)
-                             for name, (code, _) in programs.items()],
+    outcomes = run_programs([Program(code, ("assert True",)) for code, _ in programs.values()],
                             limits=LIMITS, workers=2)
     elapsed = time.monotonic() - start
     for (name, (_, expected)), outcome in zip(programs.items(), outcomes, strict=True):
@@ -119,6 +121,7 @@ def test_hostile_programs_are_contained_and_classified(victim, listener):
     assert accepted == []
     assert set(sandbox_processes()) - processes_before == set()
     assert set(Path("/tmp").glob("bitfront-sandbox-*")) == leftovers_before
+    assert not (Path("/tmp") / LEAK).exists()
     assert outcomes[0].isolation in ("root-namespaces", "user-namespaces", "python-guard")
 
 
@@ -147,6 +150,7 @@ def test_python_guard_fallback_blocks_the_obvious(victim, listener):
         "kill": f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)",
         "subprocess": f"import subprocess\nsubprocess.run(['rm', {str(target)!r}])",
         "system": f"import os\nos.system('rm {target}')",
+        "new session": "import os\nos.setsid()",
     }
     guard = replace(LIMITS, isolation="guard")
     outcomes = run_programs([Program(code, ("assert True",)) for code in attacks.values()],

@@ -4,6 +4,7 @@ and spec validation."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib.image
@@ -65,6 +66,32 @@ def test_finished_study_is_not_recomputed(micro_run):
     assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/*.json")} == stamps
 
 
+def test_edited_spec_recomputes_only_what_depends_on_the_edit(micro_run, tmp_path):
+    from dataclasses import replace
+
+    import optuna
+
+    _, run_dir = micro_run
+    root = tmp_path / "runs"
+    shutil.copytree(run_dir, root / run_dir.name)
+    spec = load_spec(MICRO)
+    edited = replace(spec, search=replace(spec.search, trials=spec.search.trials + 2),
+                     evaluation=replace(spec.evaluation, max_new_tokens=12))
+    copy = root / run_dir.name
+    stamps = {p.relative_to(copy): p.stat().st_mtime_ns for p in copy.glob("*/*.json")}
+    run_study(edited, root, show_progress=False)
+    assert finished(edited, root)
+    for label in spec.models:
+        for stage in STAGES:
+            path = Path(label) / f"{stage}.json"
+            changed = (copy / path).stat().st_mtime_ns != stamps[path]
+            assert changed == (stage not in ("model", "sensitivity")), path
+        search = json.loads((copy / label / "search.json").read_text())["result"]
+        study = optuna.load_study(study_name=search["study"], storage=search["storage"])
+        done = [t for t in study.trials if t.state.name == "COMPLETE"]
+        assert len(done) == edited.search.trials  # the same study, continued
+
+
 def test_compare_two_runs(micro_run):
     _, run_dir = micro_run
     a, b = load_front(run_dir / "diffusion"), load_front(run_dir / "ar")
@@ -105,6 +132,10 @@ def test_bad_specs_name_the_key(tmp_path):
              ({"search": {"sampler": "random"}}, "search.sampler must be"),
              ({"quantizer": {"bits": [5]}}, "quantizer.bits must be"),
              ({"evaluation": {"benches": ["apps"]}}, "evaluation.benches must be"),
+             ({"evaluation": {"limit": -5}}, "evaluation.limit must be a number ≥ 0"),
+             ({"report": {"budgets": ["3 MB-ish"]}}, "report.budgets must be sizes"),
+             ({"search": {"memory_budget": "lots"}}, "search.memory_budget must be a size"),
+             ({"models": {"ar": 3}}, "models.ar must be a model name"),
              ({"colour": "blue"}, "unknown key colour")]
     for extra, message in cases:
         with pytest.raises(SpecError, match=message):

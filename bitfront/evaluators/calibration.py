@@ -28,6 +28,7 @@ class CalibrationConfig:
     batch_size: int = 8
     seed: int = 0
     mask_aware: bool = True
+    mbpp: str = ""  # MBPP source for the train tasks; empty: $BITFRONT_MBPP or the vendored copy
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +51,8 @@ class Calibration:
 
 def calibration_set(lm: CodeLM, config: CalibrationConfig | None = None) -> Calibration:
     config = config or CalibrationConfig()
-    corpus = build_corpus(seed=config.seed, max_stdlib_chars=_STDLIB_CHARS, mbpp_repeats=1)
+    corpus = build_corpus(seed=config.seed, max_stdlib_chars=_STDLIB_CHARS, mbpp_repeats=1,
+                          mbpp_source=config.mbpp or None)
     pad = lm.pad_token_id
     stream: list[int] = []
     for ids in lm.tokenizer(corpus.train, add_special_tokens=False)["input_ids"]:

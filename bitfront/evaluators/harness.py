@@ -88,8 +88,7 @@ def program_for(task: BenchTask, answer: str) -> Program:
     down to what the entry point and the tests need."""
     code = task.prompt.head + cut_at_stops(answer, task.prompt.stop)
     used = names_used("\n".join(task.tests))
-    return Program(code=sanitize(code, task.entry_point, used), tests=task.tests,
-                   name=task.task_id)
+    return Program(code=sanitize(code, task.entry_point, used), tests=task.tests)
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,13 @@ Started by evaluators/sandbox.py as `python -I jail.py SPEC.json` in a fresh tem
 directory, in a new session, with stdin closed and stdout/stderr going to capped files. Uses
 only the standard library (it must not import bitfront). Steps:
 
-1. Isolation, as strong as the machine allows: as root, new network and PID namespaces
-   (`unshare`), then the program runs as an unprivileged user; otherwise an unprivileged user
-   namespace (network and PID isolation) plus the Python-level guard for files; failing both,
-   the guard alone, which blocks sockets, signals to other processes, starting programs and
-   writes outside the working directory.
+1. Isolation, as strong as the machine allows: as root, new network, PID and mount
+   namespaces (`unshare`) with private, empty /tmp, /var/tmp and /dev/shm (the working
+   directory stays visible), then the program runs as an unprivileged user that may read
+   files but write only there; otherwise an unprivileged user namespace (network and PID
+   isolation) plus the Python-level guard for files; failing both, the guard alone, which
+   blocks sockets, signals to other processes, new sessions, starting programs and writes
+   outside the working directory.
 2. The program runs in a forked child (PID 1 of the new PID namespace, so every process it
    starts dies with it) under rlimits on CPU time, address space, file size, processes and
    core dumps.
@@ -28,7 +30,9 @@ import sys
 import traceback
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
 PR_SET_PDEATHSIG, PR_SET_KEEPCAPS, PR_SET_NO_NEW_PRIVS = 1, 8, 38
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 CAP_DAC_READ_SEARCH = 2
 _CAPABILITY_VERSION_3 = 0x20080522
 
@@ -55,9 +59,35 @@ def _write_map(path: str, text: str) -> None:
         fh.write(text)
 
 
-def isolate() -> str:
+def _mount(source: str, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> bool:
+    args = [s.encode() if s is not None else None for s in (source, target, fstype)]
+    return _libc().mount(*args, flags, data.encode() if data else None) == 0
+
+
+def private_scratch(workdir: str) -> None:
+    """In a new mount namespace: an empty tmpfs over each scratch directory, so that nothing
+    the program writes there outlives it or reaches other programs; the working directory,
+    if it lies below one of them, is bound back in its place."""
+    if not _mount("none", "/", None, MS_REC | MS_PRIVATE):
+        raise OSError(ctypes.get_errno(), "cannot make the mount namespace private")
+    keep = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    for scratch in SCRATCH_DIRS:
+        if os.path.isdir(scratch) and not _mount("tmpfs", scratch, "tmpfs",
+                                                 MS_NOSUID | MS_NODEV, "mode=1777,size=64m"):
+            raise OSError(ctypes.get_errno(), f"cannot mount a tmpfs on {scratch}")
+    if not os.path.isdir(workdir):  # hidden by a tmpfs: bind the real one back
+        os.makedirs(workdir)
+        if not _mount(f"/proc/self/fd/{keep}", workdir, None, MS_BIND):
+            raise OSError(ctypes.get_errno(), "cannot bind the working directory")
+    os.chdir(workdir)
+    os.close(keep)
+
+
+def isolate(workdir: str) -> str:
     """Enter new namespaces; returns the isolation level reached."""
-    if os.geteuid() == 0 and _unshare(CLONE_NEWNET | CLONE_NEWPID):
+    if os.geteuid() == 0 and _unshare(CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWNS):
+        private_scratch(workdir)
         return "root-namespaces"
     uid, gid = os.geteuid(), os.getegid()
     if _unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID):
@@ -159,6 +189,12 @@ def python_guard(workdir: str) -> None:
     guarded_kill.__wrapped__ = os.kill  # type: ignore[attr-defined]
     os.kill = guarded_kill
     os.killpg = refuse
+
+    def no_sessions(*args, **kwargs):
+        raise PermissionError("leaving the sandbox's process group is disabled")
+
+    # A process in another session or group would outlive the timeout's group kill.
+    os.setsid = os.setpgid = os.setpgrp = no_sessions
     import subprocess
 
     def no_processes(*args, **kwargs):
@@ -242,11 +278,15 @@ def main() -> None:
     with open(sys.argv[1]) as fh:
         spec = json.load(fh)
     workdir = os.getcwd()
-    level = isolate() if spec.get("isolation", "auto") == "auto" else "python-guard"
+    # Opened before isolating: the result file lies outside the working directory, where a
+    # private /tmp would hide it.
+    result_file = open(spec["result_path"], "w")  # noqa: SIM115 - closed after the program
+    level = isolate(workdir) if spec.get("isolation", "auto") == "auto" else "python-guard"
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
+        result_file.close()
         _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         set_limits(spec)
         if level == "root-namespaces":
@@ -269,8 +309,8 @@ def main() -> None:
     _, wait_status = os.waitpid(pid, 0)
     result = classify(b"".join(chunks), wait_status)
     result["isolation"] = level
-    with open(spec["result_path"], "w") as fh:
-        json.dump(result, fh)
+    with result_file:
+        json.dump(result, result_file)
 
 
 if __name__ == "__main__":

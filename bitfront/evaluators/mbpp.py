@@ -33,7 +33,6 @@ class MBPPTask:
     code: str
     test_list: tuple[str, ...]
     test_setup_code: str = ""
-    challenge_test_list: tuple[str, ...] = ()
     test_imports: tuple[str, ...] = ()
 
     @property
@@ -70,7 +69,6 @@ def _task(record: dict, where: str) -> MBPPTask:
             code=record["code"],
             test_list=tuple(record["test_list"]),
             test_setup_code=record.get("test_setup_code") or "",
-            challenge_test_list=tuple(record.get("challenge_test_list") or ()),
             test_imports=tuple(record.get("test_imports") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -7,8 +7,8 @@ ratios). The result is reported as retention relative to the unquantized model m
 the proxy is built (1.0 = nothing lost): top-1 token accuracy retention (the objective) and
 per-token likelihood retention exp(mean log-prob − baseline mean log-prob). The tasks are
 tokenized once and always batched the same way: diffusion models attend to padding, so their
-scores depend on which samples share a batch, and a fixed batching keeps plans comparable. Optionally a
-small-subset pass@1 (generation + sandbox) for models strong enough to pass tasks.
+scores depend on which samples share a batch, and a fixed batching keeps plans comparable.
+Optionally a small-subset pass@1 (generation + sandbox) for models strong enough to pass tasks.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +49,6 @@ class Program:
 
     code: str
     tests: tuple[str, ...]
-    name: str = ""
 
 
 @dataclass
@@ -136,10 +135,9 @@ def run_program(program: Program, limits: Limits = Limits(), slot: int = 0) -> O
         shutil.rmtree(outside, ignore_errors=True)
 
 
-def run_programs(programs: Iterable[Program], *, limits: Limits = Limits(), workers: int = 2,
-                 on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
-    """Run programs in parallel (at most `workers` at a time); results in input order.
-    `on_done(index, outcome)` is called as each finishes (from the calling thread)."""
+def run_programs(programs: Iterable[Program], *, limits: Limits = Limits(),
+                 workers: int = 2) -> list[Outcome]:
+    """Run programs in parallel (at most `workers` at a time); results in input order."""
     programs = list(programs)
     results: list[Outcome | None] = [None] * len(programs)
     free_slots: queue.Queue[int] = queue.Queue()
@@ -158,6 +156,4 @@ def run_programs(programs: Iterable[Program], *, limits: Limits = Limits(), work
         for future in as_completed(futures):
             index, outcome = future.result()
             results[index] = outcome
-            if on_done is not None:
-                on_done(index, outcome)
     return results  # type: ignore[return-value]

@@ -20,7 +20,6 @@ from bitfront.progress import track
 class HessianSet:
     hessians: dict[str, torch.Tensor]  # owner name -> H [in, in]
     owner: dict[str, str]  # layer name -> the layer whose Hessian it shares
-    tokens: int  # calibration tokens seen
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.hessians[self.owner[name]]
@@ -66,4 +65,4 @@ def capture_hessians(forward, modules: dict[str, nn.Module], batches: Iterable[t
         for handle in handles:
             handle.remove()
     n = count["tokens"]
-    return HessianSet(hessians={k: 2 * v / n for k, v in sums.items()}, owner=owner, tokens=n)
+    return HessianSet(hessians={k: 2 * v / n for k, v in sums.items()}, owner=owner)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bitfront.errors import BitfrontError
 from bitfront.progress import track
 
 METHODS = ("exact", "fd")
@@ -42,6 +43,11 @@ def hutchinson_traces(loss_fn: Callable[[torch.Tensor], torch.Tensor], module: n
     `probes` probes per batch."""
     if method not in METHODS:
         raise ValueError(f"unknown Hessian-vector method {method!r}; choose from {METHODS}")
+    attention = getattr(getattr(module, "config", None), "_attn_implementation", None)
+    if method == "exact" and attention not in (None, "eager", "sdpa"):
+        raise BitfrontError(f"exact Hessian-vector products need an attention path with a "
+                            f"second derivative, and this model runs {attention}: load it "
+                            "with --attn sdpa (or eager), or use the fd method")
     names, params = list(weights), list(weights.values())
     frozen = [(p, p.requires_grad) for p in module.parameters()]
     for p, _ in frozen:

@@ -125,8 +125,8 @@ class QuantLinear(nn.Module):
         zeros = unpack_fast(self.qzeros.t().contiguous(), self.bits, self.out_features).t()
         scales = self.scales.to(self.dtype)  # [groups, out]
         groups = scales.shape[0]
-        if self.contiguous and self.in_features % groups == 0:
-            size = self.in_features // groups
+        size = self.in_features if self.group_size == -1 else self.group_size
+        if self.contiguous and groups * size == self.in_features:
             w = (codes.view(groups, size, -1) - zeros.unsqueeze(1)).to(self.dtype)
             return (w * scales.unsqueeze(1)).view(self.in_features, -1)
         g = self.g_idx.long()

@@ -4,7 +4,9 @@ Conventions follow GPTQ's quantizer so that the packed form is the usual GPTQ la
 - a weight W [out, in] is split along `in` into groups of `group_size` columns (-1: one group
   per output channel, i.e. the whole row);
 - per (row, group): asymmetric (default) scale = (max - min) / maxq, zero = round(-min / scale);
-  symmetric: range [-absmax, absmax] and zero = (maxq + 1) / 2; maxq = 2^bits - 1; scales are
+  symmetric: range [-absmax, absmax] and zero = (maxq + 1) / 2, except that a row/group with
+  no negative weight keeps min = 0, so scale = absmax / maxq and its top half clips (GPTQ's
+  own quirk, kept so that packed checkpoints match GPTQ's); maxq = 2^bits - 1; scales are
   rounded to float16 before use, so the dequantized weight equals what the packed form holds;
 - q = clamp(round(w / scale) + zero, 0, maxq); dequantized w = scale * (q - zero).
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -53,7 +53,6 @@ class ScoreResult:
 
     accuracy: list[float]  # top-1 token accuracy on the target tokens, in [0, 1]
     logprob: list[float]  # mean log-probability per target token (<= 0)
-    n_tokens: list[int] = field(default_factory=list)
 
     @property
     def mean_accuracy(self) -> float:

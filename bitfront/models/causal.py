@@ -79,7 +79,7 @@ class CausalLM(CodeLM):
                      batch_size: int = 8, seed: int = 0) -> ScoreResult:
         """Next-token top-1 accuracy and mean log-prob of each target after its context."""
         seqs = [c + t for c, t in zip(contexts, targets, strict=True)]
-        accuracy, logprob, count = [0.0] * len(seqs), [0.0] * len(seqs), [0] * len(seqs)
+        accuracy, logprob = [0.0] * len(seqs), [0.0] * len(seqs)
         for idx in batches(len(seqs), batch_size, [len(s) for s in seqs]):
             ids, mask = pad_batch([seqs[i] for i in idx], self.pad_token_id, side="right")
             logits = self.logits(ids, mask)
@@ -90,5 +90,5 @@ class CausalLM(CodeLM):
                 pos = torch.arange(first - 1, end - 1)
                 ok, lp = token_stats(logits[row, pos.to(logits.device)],
                                      ids[row, first:end].to(logits.device))
-                accuracy[i], logprob[i], count[i] = ok.mean().item(), lp.mean().item(), len(pos)
-        return ScoreResult(accuracy=accuracy, logprob=logprob, n_tokens=count)
+                accuracy[i], logprob[i] = ok.mean().item(), lp.mean().item()
+        return ScoreResult(accuracy=accuracy, logprob=logprob)

@@ -156,5 +156,4 @@ class DiffusionLM(CodeLM):
         return ScoreResult(
             accuracy=[c / n for c, n in zip(correct, count, strict=True)],
             logprob=[lp / n for lp, n in zip(logprob, count, strict=True)],
-            n_tokens=count,
         )

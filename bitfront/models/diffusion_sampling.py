@@ -117,7 +117,8 @@ def _step(x: torch.Tensor, logits: torch.Tensor, region: torch.Tensor, t: float,
 
 
 @torch.no_grad()
-def diffusion_sample(forward: Callable[[torch.Tensor], torch.Tensor], prompt_ids: torch.Tensor,
+def diffusion_sample(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                     prompt_ids: torch.Tensor,
                      *, max_new_tokens: int, mask_id: int, opts: DiffusionOptions,
                      temperature: float = 0.0, top_p: float | None = None,
                      top_k: int | None = None, generator: torch.Generator) -> torch.Tensor:

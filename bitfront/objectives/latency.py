@@ -281,7 +281,7 @@ def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
                     per_call)
             for (out_f, in_f), times in per_shape.items():
                 layers[f"{phase}|{out_f}|{in_f}|{b}"] = statistics.mean(times)
-        del module
+        del module, targets, clock
     rest_module = copy.deepcopy(lm.module).to(dtype)
     _replace(rest_module, _linears(space),
              lambda name, mod: FreeLinear(mod.weight.shape[0]))

@@ -49,12 +49,12 @@ class Sensitivity:
     probes: int
     rows: list[SensitivityRow]
 
-    def omega(self, layer: str, bits: int, cheap: bool = False) -> float:
+    def omega(self, layer: str, bits: int) -> float:
         if bits == 16:
             return 0.0
         for row in self.rows:
             if row.layer == layer and row.bits == bits:
-                return row.gptq_loss if cheap else row.omega
+                return row.omega
         raise KeyError((layer, bits))
 
     def ranked(self, bits: int) -> list[SensitivityRow]:

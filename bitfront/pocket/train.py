@@ -163,17 +163,21 @@ def _init_pair(config: Qwen3Config, seed: int) -> tuple[Qwen3ForCausalLM, CoDANe
 def _save(lm: CodeLM, tokenizer, tokens: CoDATokens, directory: Path, record: dict) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    if lm.family == "ar":
-        module = lm.module
-        module.config.pad_token_id = tokens.pad
-        module.config.eos_token_id = tokens.eos
-        module.generation_config.pad_token_id = tokens.pad
-        module.generation_config.eos_token_id = [tokens.eos, tokens.pad]
-        module.save_pretrained(tmp)
-    else:
-        save_coda_network(lm.module, tokens, tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        if lm.family == "ar":
+            module = lm.module
+            module.config.pad_token_id = tokens.pad
+            module.config.eos_token_id = tokens.eos
+            module.generation_config.pad_token_id = tokens.pad
+            module.generation_config.eos_token_id = [tokens.eos, tokens.pad]
+            module.save_pretrained(tmp)
+        else:
+            save_coda_network(lm.module, tokens, tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
 

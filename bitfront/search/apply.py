@@ -105,8 +105,8 @@ def candidates_for_plan(lm: CodeLM, plan: BitPlan, *, show_progress: bool = True
 
 
 def packed_module(lm: CodeLM, plan: BitPlan, candidates: Candidates, *,
-                  dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None,
-                  kernel: str | None = None) -> nn.Module:
+                  dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None
+                  ) -> nn.Module:
     """A copy of `lm.module` in `dtype` whose quantized layers are `QuantLinear`s holding the
     plan's packed candidates (the real low-bit model, for latency and memory)."""
     PlanApplier(lm, candidates).check(plan)
@@ -122,6 +122,6 @@ def packed_module(lm: CodeLM, plan: BitPlan, candidates: Candidates, *,
         parent_name, _, child = name.rpartition(".")
         original = modules[name]
         quant = QuantLinear(candidates.packed(name, spec.bits), getattr(original, "bias", None),
-                            dtype=dtype, device=device, kernel=kernel)
+                            dtype=dtype, device=device)
         setattr(modules[parent_name] if parent_name else module, child, quant)
     return module.eval()

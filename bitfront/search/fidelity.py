@@ -43,9 +43,12 @@ def sample_plans(candidates: Candidates, model: str, *, mixed: int = 3, seed: in
     return plans
 
 
-def plan_digest(plan: BitPlan) -> str:
-    return hashlib.sha256(json.dumps(plan.to_dict()["layers"], sort_keys=True).encode()
-                          ).hexdigest()[:12]
+def plan_model_key(lm: CodeLM, plan: BitPlan, candidates: Candidates) -> str:
+    """What an evaluation of `lm` under `plan` is keyed by: the model, the plan's layers and
+    the candidates they come from (re-quantizing with other settings changes the answers)."""
+    blob = json.dumps({"layers": plan.to_dict()["layers"], "candidates": candidates.key},
+                      sort_keys=True)
+    return f"{lm.fingerprint()}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 @dataclass
@@ -79,7 +82,7 @@ def measure_fidelity(lm: CodeLM, candidates: Candidates, plans: list[BitPlan],
         with applier.applied(plan):
             score = proxy()
             report = evaluate(lm, eval_config, out_dir / f"{plan.meta['name']}.json",
-                              model_key=f"{lm.fingerprint()}-{plan_digest(plan)}",
+                              model_key=plan_model_key(lm, plan, candidates),
                               mbpp_source=mbpp_source, show_progress=show_progress)
         memory = plan_memory(candidates.space, plan)
         rows.append({"plan": plan.meta["name"], "avg_bits": memory.avg_bits,

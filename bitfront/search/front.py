@@ -119,24 +119,37 @@ def knee(front: list[Point], objectives: list[str]) -> Point | None:
     return front[int(np.argmin(distance))]
 
 
+def accuracy_metric(config: dict) -> str:
+    """The metric a study optimised as its accuracy: top-1 or likelihood retention."""
+    return "retention" if config.get("accuracy", "top1") == "top1" else "logprob_retention"
+
+
 def best_under(pts: list[Point], *, memory: int | None = None, latency: float | None = None,
                accuracy: str = "retention") -> Point:
     """The most accurate feasible plan within the budgets (ties: less memory)."""
     if memory is None and latency is None:
         raise BitfrontError("give a memory and/or a latency budget")
     feasible = [p for p in pts if p.feasible]
-    fits = [p for p in feasible
-            if (memory is None or p.metrics["memory_bytes"] <= memory)
-            and (latency is None or p.metrics.get("latency_s", float("inf")) <= latency)]
+    if not feasible:
+        raise NoPlanError("no plan within budget; the study has no feasible trials yet")
+
+    def within_memory(p: Point) -> bool:
+        return memory is None or p.metrics["memory_bytes"] <= memory
+
+    def within_latency(p: Point) -> bool:
+        return latency is None or p.metrics.get("latency_s", float("inf")) <= latency
+
+    fits = [p for p in feasible if within_memory(p) and within_latency(p)]
     if not fits:
-        if memory is not None and feasible:
+        small = [p for p in feasible if within_memory(p)]
+        if not small:
             smallest = min(p.metrics["memory_bytes"] for p in feasible)
             raise NoPlanError(f"no plan within budget; the smallest is "
                               f"{format_bytes(smallest)}")
-        if latency is not None and feasible:
-            fastest = min(p.metrics.get("latency_s", float("inf")) for p in feasible)
-            raise NoPlanError(f"no plan within budget; the fastest takes {fastest:.4g} s")
-        raise NoPlanError("no plan within budget; the study has no feasible trials yet")
+        fastest = min(p.metrics.get("latency_s", float("inf")) for p in small)
+        raise NoPlanError(f"no plan within budget; the fastest"
+                          f"{' that fits the memory budget' if memory is not None else ''} "
+                          f"takes {fastest:.4g} s")
     return max(fits, key=lambda p: (p.metrics[accuracy], -p.metrics["memory_bytes"]))
 
 

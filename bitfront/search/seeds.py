@@ -95,15 +95,21 @@ class SeedProblem:
 
 
 def hawq_seeds(problem: SeedProblem, *, k: int = 6, uniform=(2, 3, 4, 8),
-               latency_cap: float | None = None) -> list[Seed]:
+               latency_cap: float | None = None,
+               memory_budget: float | None = None) -> list[Seed]:
     """Uniform plans, then ILP solutions at `k` budgets spread evenly strictly between the
-    all-lowest and the all-highest plan's memory; duplicates dropped."""
+    all-lowest and the all-highest plan's memory, or, under a memory budget, up to and
+    including the budget; duplicates dropped."""
     seeds: list[Seed] = []
     for bits in uniform:
         if bits in problem.choices:
             seeds.append(Seed(dict.fromkeys(problem.groups, bits), f"uniform-{bits}"))
     low, high = problem.memory_range()
-    for budget in np.linspace(low, high, k + 2)[1:-1]:
+    if memory_budget is not None and memory_budget < high:
+        budgets = np.linspace(low, memory_budget, k + 1)[1:]
+    else:
+        budgets = np.linspace(low, high, k + 2)[1:-1]
+    for budget in budgets:
         try:
             bits = problem.solve(float(budget), latency_cap)
         except BudgetError:

@@ -143,9 +143,28 @@ def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.BaseSto
         worker = trial.user_attrs.get("worker") or {}
         if worker.get("host") != host or _alive(int(worker.get("pid", 0))):
             continue
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        try:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # Optuna's own heartbeat check got there first
         failed += 1
     return failed
+
+
+def requeue_failed_seeds(study: optuna.Study) -> int:
+    """Enqueue again each seed whose only trials failed (its worker died mid-trial), so that
+    every seed is evaluated whatever happens to the process that drew it."""
+    seeds = set(study.user_attrs.get(SEEDED_ATTR, []))
+    trials = study.get_trials(deepcopy=False)
+    alive = {t.user_attrs.get("origin") for t in trials if t.state != TrialState.FAIL}
+    again: dict[str, dict] = {}
+    for trial in trials:
+        origin = trial.user_attrs.get("origin")
+        if trial.state == TrialState.FAIL and origin in seeds and origin not in alive:
+            again.setdefault(origin, trial.system_attrs.get("fixed_params", trial.params))
+    for origin, params in again.items():
+        study.enqueue_trial(params, user_attrs={"origin": origin})
+    return len(again)
 
 
 def _alive(pid: int) -> bool:
@@ -234,6 +253,8 @@ class PlanSearch:
             fixed_latency=self.table.rest if has_table else 0.0)
 
     def _layer_latency(self, layer, bits: int) -> float:
+        if layer.embedding:  # looked up, not multiplied: part of the table's rest
+            return 0.0
         calls = self.table.workload.phases(self.lm.family)
         return sum(n * self.table.layer_time(phase, layer.out_features, layer.in_features, bits)
                    for phase, n in calls.items())
@@ -243,7 +264,8 @@ class PlanSearch:
             return []
         uniform = [b for b in (2, 3, 4, 8) if b in self.config.choices]
         return hawq_seeds(self.seed_problem(), k=self.config.ilp_budgets, uniform=uniform,
-                          latency_cap=self.config.latency_budget)
+                          latency_cap=self.config.latency_budget,
+                          memory_budget=self.config.memory_budget)
 
     # --- one trial -----------------------------------------------------------------------
 
@@ -315,35 +337,36 @@ class PlanSearch:
                 directions=[OBJECTIVES[o] for o in self.config.objectives])
             # One latency table per study, measured by its first worker: latencies stay
             # comparable when workers run on other machines.
-            if self.table is not None:
-                if TABLE_ATTR in study.user_attrs:
-                    shared = LatencyTable.from_dict(study.user_attrs[TABLE_ATTR])
-                    if shared.workload != self.table.workload:
-                        raise StudyMismatchError(
-                            f"study {study_name!r} measures latency for {shared.workload}, "
-                            f"this worker for {self.table.workload}; use the same workload")
-                    self.table = shared
-                else:
-                    study.set_user_attr(TABLE_ATTR, self.table.to_dict())
+            if self.table is not None and TABLE_ATTR in study.user_attrs:
+                shared = LatencyTable.from_dict(study.user_attrs[TABLE_ATTR])
+                if shared.workload != self.table.workload:
+                    raise StudyMismatchError(
+                        f"study {study_name!r} measures latency for {shared.workload}, "
+                        f"this worker for {self.table.workload}; use the same workload")
+                self.table = shared
             mine = self.study_config()
-            seeds = self.seeds()
             theirs = study.user_attrs.get(CONFIG_ATTR)
-            if theirs is None:
-                study.set_user_attr(CONFIG_ATTR, mine)
-            elif theirs != json.loads(json.dumps(mine)):
+            if theirs is not None and theirs != json.loads(json.dumps(mine)):
                 differ = sorted(k for k in set(mine) | set(theirs)
                                 if json.loads(json.dumps(mine.get(k))) != theirs.get(k))
                 raise StudyMismatchError(
                     f"study {study_name!r} in {storage_url} was made with another "
                     f"configuration (differs in: {', '.join(differ)}); use another "
-                    "--study-name or the same settings")
+                    "study name or the same settings")
+            # Only a worker that fits the study writes to it.
+            if self.table is not None and TABLE_ATTR not in study.user_attrs:
+                study.set_user_attr(TABLE_ATTR, self.table.to_dict())
+            if theirs is None:
+                study.set_user_attr(CONFIG_ATTR, mine)
             if not study.user_attrs.get(SEEDED_ATTR):
+                seeds = self.seeds()
                 for seed in seeds:
                     study.enqueue_trial({g: seed.bits[g] for g in self.groups},
                                         user_attrs={"origin": seed.origin},
                                         skip_if_exists=True)
                 study.set_user_attr(SEEDED_ATTR, [s.origin for s in seeds])
-        fail_dead_local_trials(study, storage)
+            fail_dead_local_trials(study, storage)
+            requeue_failed_seeds(study)
         mixed = hashlib.sha256(f"{self.config.seed}-{worker}-{len(study.trials)}".encode())
         n_seeds = len(study.user_attrs.get(SEEDED_ATTR, []))
         study.sampler = self.sampler(n_seeds, int(mixed.hexdigest()[:8], 16))

@@ -79,13 +79,20 @@ class BitPlan:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "plan") -> BitPlan:
+        if not isinstance(data, dict):
+            raise PlanError(f"{source}: a plan is a JSON object, got {type(data).__name__}")
         if data.get("schema") != SCHEMA:
             raise PlanError(f"{source}: unsupported plan schema {data.get('schema')!r} "
                             f"(this bitfront reads schema {SCHEMA})")
+        specs = {}
         try:
-            specs = {name: QuantSpec(**spec) for name, spec in data["layers"].items()}
+            for name, spec in data["layers"].items():
+                try:
+                    specs[name] = QuantSpec(**spec)
+                except PlanError as exc:
+                    raise PlanError(f"{source}: layer {name}: {exc}") from exc
             return cls(model=data["model"], specs=specs, meta=data.get("meta", {}))
-        except (KeyError, TypeError) as exc:
+        except (AttributeError, KeyError, TypeError) as exc:
             raise PlanError(f"{source}: malformed plan ({exc})") from exc
 
     def save(self, path: Path) -> None:

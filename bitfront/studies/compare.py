@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bitfront.errors import BitfrontError
-from bitfront.search.front import Point, hypervolume, knee, pareto_front
+from bitfront.search.front import Point, accuracy_metric, hypervolume, knee, pareto_front
 
 
 @dataclass
@@ -41,7 +41,7 @@ class RunFront:
         return pareto_front(self.as_points(), self.objectives)
 
 
-def load_front(path: Path, label: str | None = None) -> RunFront:
+def load_front(path: Path) -> RunFront:
     """A run: a study model directory (runs/STUDY/LABEL, with search.json) or a search run
     directory (runs/search/NAME, with study.json)."""
     path = Path(path)
@@ -50,7 +50,7 @@ def load_front(path: Path, label: str | None = None) -> RunFront:
         family = None
         if (path / "model.json").exists():
             family = json.loads((path / "model.json").read_text())["result"]["family"]
-        return _run(label or path.name, family, result["config"], result["points"])
+        return _run(path.name, family, result["config"], result["points"])
     if (path / "study.json").exists():
         from bitfront.search.front import points, study_config
         from bitfront.search.study import locate_study
@@ -59,15 +59,14 @@ def load_front(path: Path, label: str | None = None) -> RunFront:
         config = study_config(study)
         pts = [{"trial": p.number, "origin": p.origin, "feasible": p.feasible,
                 "bits": p.bits, **p.metrics} for p in points(study)]
-        return _run(label or path.name, config.get("family"), config, pts)
+        return _run(path.name, config.get("family"), config, pts)
     raise BitfrontError(f"{path} is not a run: expected search.json (a study's model run) or "
                         "study.json (a search run)")
 
 
 def _run(label: str, family, config: dict, pts: list[dict]) -> RunFront:
-    accuracy = "retention" if config.get("accuracy", "top1") == "top1" else "logprob_retention"
     return RunFront(label=label, family=family, objectives=config["objectives"],
-                    accuracy_key=accuracy,
+                    accuracy_key=accuracy_metric(config),
                     reference={"accuracy": 0.0, **config["reference"]}, points=pts)
 
 

@@ -19,6 +19,11 @@ AXES = {"memory_bytes": ("weight memory (MiB)", 1 / 2**20),
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
 
 
+def legend(run: RunFront) -> str:
+    """The run's label, with its family unless the label already is the family."""
+    return run.label if run.label == run.family or not run.family else f"{run.label} ({run.family})"
+
+
 def fronts(runs: list[RunFront], x: str, path: Path, title: str) -> Path:
     """Accuracy retention against one cost: every trial faint, each front as a staircase."""
     label, scale = AXES[x]
@@ -32,7 +37,7 @@ def fronts(runs: list[RunFront], x: str, path: Path, title: str) -> Path:
             # The staircase holds its last level up to the dearest plan explored.
             line_x = np.append(xs, max(dearest(run, x), xs[-1])) * scale
             ax.step(line_x, np.append(ys, ys[-1]), where="post", color=color, linewidth=2,
-                    label=f"{run.label} ({run.family or '?'})")
+                    label=legend(run))
             ax.scatter(xs * scale, ys, color=color, s=22, zorder=3)
     ax.set_xlabel(label)
     ax.set_ylabel("accuracy retention (proxy)")

@@ -159,11 +159,13 @@ def _markdown(spec: StudySpec, results: list[dict], report: dict) -> str:
           format_bytes(next(u["memory_bytes"] for u in r["uniform"] if u["bits"] == 16))
           if any(u["bits"] == 16 for u in r["uniform"]) else "-",
           str(r["model"]["quantizable_layers"])] for r in results]), ""]
-    limit = spec.evaluation.limit or "all"
+    ev = spec.evaluation
+    decoding = ("greedy" if ev.temperature == 0 else
+                f"sampled at temperature {ev.temperature:g}, top-p {ev.top_p:g}")
     out += ["## Uniform bitwidths", "",
             f"Every quantizable layer at the same bitwidth (GPTQ, group size "
-            f"{spec.quantizer.group_size}); pass@1 on the first {limit} tasks of each "
-            "benchmark, greedy.", ""]
+            f"{spec.quantizer.group_size}); pass@1 on the first {ev.limit or 'all'} tasks of "
+            f"each benchmark, {decoding}.", ""]
     rows = []
     for r in results:
         for u in sorted(r["uniform"], key=lambda u: -u["bits"]):

@@ -26,7 +26,7 @@ from bitfront.models.diffusion_sampling import DiffusionOptions
 from bitfront.objectives.latency import Workload
 from bitfront.paths import write_atomic
 from bitfront.search.candidates import QuantizerSettings
-from bitfront.search.fidelity import plan_digest
+from bitfront.search.fidelity import plan_model_key
 from bitfront.search.front import (
     hypervolume,
     knee,
@@ -41,7 +41,7 @@ from bitfront.search.pipeline import Setup, build_search
 from bitfront.search.study import SearchConfig
 from bitfront.space.export import export_json, gptqmodel_config, llama_cpp_args
 from bitfront.space.plan import BitPlan
-from bitfront.studies.spec import StudySpec, stage_key
+from bitfront.studies.spec import SETUP_KEYS, StudySpec, stage_key
 from bitfront.units import parse_bytes, parse_seconds
 
 
@@ -87,7 +87,8 @@ class ModelRun:
             calibration=CalibrationConfig(n_samples=s.calibration.samples,
                                           seq_len=s.calibration.seq_len,
                                           seed=s.calibration.seed,
-                                          mask_aware=s.calibration.mask_aware),
+                                          mask_aware=s.calibration.mask_aware,
+                                          mbpp=s.evaluation.mbpp),
             proxy=ProxyConfig(n_tasks=s.proxy.tasks, seed=s.proxy.seed),
             workload=Workload(prompt_len=s.latency.prompt_len, answer_len=s.latency.answer_len,
                               steps=s.latency.steps or None),
@@ -149,13 +150,18 @@ class ModelRun:
                           batch_size=ev.batch_size, timeout=ev.timeout)
 
     def _pass_at_1(self, plan: BitPlan, tag: str) -> dict[str, float]:
-        """Full pass@1 of `plan` on every benchmark of the spec (each evaluation resumable)."""
+        """Full pass@1 of `plan` on every benchmark of the spec (each evaluation resumable;
+        other evaluation settings or candidates get other files, so an edited spec never
+        meets a journal it cannot use)."""
         results = {}
+        model_key = plan_model_key(self.lm, plan, self.search.candidates)
+        settings = self.spec.digest("evaluation", "device")
         with self.search.applier.applied(plan):
             for bench in self.spec.evaluation.benches:
-                report = evaluate(self.lm, self._eval_config(bench),
-                                  self.dir / "evals" / f"{bench}-{tag}.json",
-                                  model_key=f"{self.lm.fingerprint()}-{plan_digest(plan)}",
+                config = self._eval_config(bench)
+                name = f"{bench}-{tag}-{config.key(model_key, {'settings': settings})[:8]}"
+                report = evaluate(self.lm, config, self.dir / "evals" / f"{name}.json",
+                                  model_key=model_key,
                                   mbpp_source=self.spec.evaluation.mbpp or None,
                                   show_progress=self.show_progress)
                 results[bench] = report["pass@1"]
@@ -176,8 +182,11 @@ class ModelRun:
     def _search(self) -> dict:
         s = self.spec.search
         storage = s.storage or f"sqlite:///{(self.dir / 'search.db').resolve()}"
-        study = self.search.run(storage, f"{self.spec.name}-{self.label}", s.trials,
-                                show_progress=self.show_progress)
+        # The study is named by everything its trials depend on but the trial count, so
+        # raising `trials` continues it and any other edit starts a fresh one.
+        setting = self.spec.digest(*SETUP_KEYS, "search", leave_out=("search.trials",))
+        study = self.search.run(storage, f"{self.spec.name}-{self.label}-{setting[:8]}",
+                                s.trials, show_progress=self.show_progress)
         config = study_config(study)
         objectives, reference = config["objectives"], reference_point(config)
         pts = points(study)
@@ -194,19 +203,19 @@ class ModelRun:
         }
 
     def _chosen(self) -> tuple[list[dict], dict]:
-        """The front plans to verify: the knee, then plans spread evenly by memory."""
+        """The front plans to verify: the knee, then the other front plans spread evenly by
+        memory (the cheapest first, the dearest too when two or more are wanted)."""
         result = json.loads((self.dir / "search.json").read_text())["result"]
         by_trial = {p["trial"]: p for p in result["points"]}
         front = sorted((by_trial[n] for n in result["front"]), key=lambda p: p["memory_bytes"])
         wanted = self.spec.evaluation.verify_front
-        chosen = [by_trial[result["knee"]]] if result["knee"] is not None else []
-        if wanted > 1 and front:
-            step = (len(front) - 1) / max(wanted - 1, 1)
-            for i in range(wanted):
-                candidate = front[round(i * step)]
-                if candidate not in chosen:
-                    chosen.append(candidate)
-        return chosen[:wanted], result["config"]
+        chosen = [by_trial[result["knee"]]] if result["knee"] is not None and wanted else []
+        others = [p for p in front if p not in chosen]
+        n = min(wanted - len(chosen), len(others))
+        if n > 0:
+            step = (len(others) - 1) / max(n - 1, 1)
+            chosen += [others[round(i * step)] for i in range(n)]
+        return chosen, result["config"]
 
     def _plan(self, point: dict, config: dict) -> BitPlan:
         from bitfront.search.front import Point

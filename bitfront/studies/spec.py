@@ -129,10 +129,17 @@ class StudySpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def digest(self, *sections: str) -> str:
-        """A hash of the named sections (all when none): stage outputs remember it."""
+    def digest(self, *keys: str, leave_out: tuple[str, ...] = ()) -> str:
+        """A hash of the named sections or keys ("search", "evaluation.mbpp"), without the
+        `leave_out` keys: stage outputs and run names remember it."""
         data = self.to_dict()
-        picked = {k: data[k] for k in sections} if sections else data
+        picked = {}
+        for key in keys:
+            section, _, name = key.partition(".")
+            picked[key] = data[section][name] if name else data[section]
+        for key in leave_out:
+            section, _, name = key.partition(".")
+            picked[section] = {k: v for k, v in picked[section].items() if k != name}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -177,9 +184,11 @@ def parse_spec(data: dict, source: str = "spec") -> StudySpec:
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise SpecError(f"{source}: name must be a non-empty string")
     models = data.get("models")
-    if not isinstance(models, dict) or not models or not all(
-            isinstance(v, str) for v in models.values()):
+    if not isinstance(models, dict) or not models:
         raise SpecError(f"{source}: models must be a table of label = \"model name\"")
+    for label, model in models.items():
+        if not isinstance(model, str) or not model:
+            raise SpecError(f"{source}: models.{label} must be a model name, got {model!r}")
     spec = StudySpec(name=data["name"], models=dict(models),
                      description=str(data.get("description", "")),
                      device=str(data.get("device", "")),
@@ -189,11 +198,50 @@ def parse_spec(data: dict, source: str = "spec") -> StudySpec:
     return spec
 
 
+def _parses(parse, text: str) -> bool:
+    try:
+        parse(text)
+    except BitfrontError:
+        return False
+    return True
+
+
 def _check_values(spec: StudySpec, source: str) -> None:
     from bitfront.models.diffusion_sampling import ALGORITHMS
     from bitfront.space.layers import GROUPINGS
+    from bitfront.units import parse_bytes, parse_seconds
 
+    positive = {"calibration.samples": spec.calibration.samples,
+                "calibration.seq_len": spec.calibration.seq_len,
+                "sensitivity.probes": spec.sensitivity.probes,
+                "sensitivity.batches": spec.sensitivity.batches,
+                "proxy.tasks": spec.proxy.tasks, "latency.prompt_len": spec.latency.prompt_len,
+                "latency.answer_len": spec.latency.answer_len,
+                "search.trials": spec.search.trials, "search.population": spec.search.population,
+                "evaluation.max_new_tokens": spec.evaluation.max_new_tokens,
+                "evaluation.batch_size": spec.evaluation.batch_size,
+                "evaluation.timeout": spec.evaluation.timeout}
+    at_least_zero = {"latency.steps": spec.latency.steps,
+                     "search.ilp_budgets": spec.search.ilp_budgets,
+                     "evaluation.limit": spec.evaluation.limit,
+                     "evaluation.verify_front": spec.evaluation.verify_front,
+                     "evaluation.diffusion_steps": spec.evaluation.diffusion_steps,
+                     "evaluation.temperature": spec.evaluation.temperature}
     checks = [
+        *((key, value > 0, "a positive number") for key, value in positive.items()),
+        *((key, value >= 0, "a number ≥ 0") for key, value in at_least_zero.items()),
+        ("quantizer.group_size", spec.quantizer.group_size > 0
+         or spec.quantizer.group_size == -1, "a positive number, or -1 for one group per row"),
+        ("quantizer.percdamp", spec.quantizer.percdamp > 0, "a positive number"),
+        ("evaluation.top_p", 0 < spec.evaluation.top_p <= 1, "in (0, 1]"),
+        ("device", spec.device in ("", "cpu", "cuda") or spec.device.startswith("cuda:"),
+         'empty (automatic), "cpu", "cuda" or "cuda:N"'),
+        ("search.memory_budget", not spec.search.memory_budget
+         or _parses(parse_bytes, spec.search.memory_budget), 'a size like "1.2GiB"'),
+        ("search.latency_budget", not spec.search.latency_budget
+         or _parses(parse_seconds, spec.search.latency_budget), 'a duration like "0.5s"'),
+        ("report.budgets", all(_parses(parse_bytes, b) for b in spec.report.budgets),
+         'sizes like "1.2GiB"'),
         ("quantizer.bits", set(spec.quantizer.bits) <= {2, 3, 4, 8}, "bits from 2, 3, 4, 8"),
         ("search.choices", set(spec.search.choices) <= {2, 3, 4, 8, 16}
          and set(spec.search.choices) - {16} <= set(spec.quantizer.bits),
@@ -209,7 +257,6 @@ def _check_values(spec: StudySpec, source: str) -> None:
         ("evaluation.benches", set(spec.evaluation.benches) <= {"mbpp", "humaneval"},
          "from mbpp, humaneval"),
         ("sensitivity.method", spec.sensitivity.method in ("fd", "exact"), "fd or exact"),
-        ("search.trials", spec.search.trials > 0, "a positive number"),
         ("latency.dtype", spec.latency.dtype in ("bfloat16", "float16", "float32"),
          "bfloat16, float16 or float32"),
         ("evaluation.diffusion_alg", spec.evaluation.diffusion_alg in ALGORITHMS,
@@ -243,17 +290,18 @@ def load_spec(path_or_name: str | Path) -> StudySpec:
     return parse_spec(data, str(path))
 
 
-# Stages of a model's run and the spec sections each depends on (their outputs are keyed by
-# model, these sections and STAGE_FORMAT, which changes when a stage's output does).
-STAGE_FORMAT = 1
-_SETUP = ("quantizer", "space", "calibration", "sensitivity", "proxy", "latency")
+# Stages of a model's run and the spec sections (or keys) each depends on; their outputs are
+# keyed by model, these and STAGE_FORMAT, which changes when a stage's output does.
+STAGE_FORMAT = 2
+SETUP_KEYS = ("device", "quantizer", "space", "calibration", "sensitivity", "proxy", "latency",
+              "evaluation.mbpp")
 STAGES: dict[str, tuple[str, ...]] = {
     "model": (),
-    "sensitivity": _SETUP,
-    "uniform": (*_SETUP, "search", "evaluation"),
-    "search": (*_SETUP, "search"),
-    "verified": (*_SETUP, "search", "evaluation"),
-    "exports": (*_SETUP, "search", "evaluation"),
+    "sensitivity": (*SETUP_KEYS, "search.ilp_budgets"),
+    "uniform": (*SETUP_KEYS, "search", "evaluation"),
+    "search": (*SETUP_KEYS, "search"),
+    "verified": (*SETUP_KEYS, "search", "evaluation"),
+    "exports": (*SETUP_KEYS, "search", "evaluation"),
 }
 
 
