@@ -168,6 +168,7 @@ def _run_dir(kind: str, model: str) -> Path:
 def cmd_quantize(args) -> int:
     from bitfront.space.memory import plan_memory
     from bitfront.space.plan import BitPlan
+    from bitfront.units import format_bytes
 
     lm = _load(args)
     bits = _bits_list(args.candidate_bits)
@@ -186,7 +187,7 @@ def cmd_quantize(args) -> int:
     out.print(f"candidates: {candidates.directory}", soft_wrap=True)
     out.print(f"plan: {path}", soft_wrap=True)
     out.print(f"{len(plan.specs)} layers at {args.bits} bits: weights "
-              f"{mem.total_bytes / 2**20:.2f} MiB, {mem.avg_bits:.2f} bits per weight "
+              f"{format_bytes(mem.total_bytes)}, {mem.avg_bits:.2f} bits per weight "
               f"in quantized layers (overheads included)")
     return EXIT_OK
 

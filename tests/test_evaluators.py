@@ -167,4 +167,8 @@ def test_fidelity_correlations_and_plans(micro_pair, tmp_path):
     if len({r["pass@1"] for r in result.rows}) == 1:  # a micro model passes nothing
         assert result.kendall_tau is None and result.note.startswith("undefined")
     else:
-        assert -1 <= result.kendall_tau <= 1
+        from scipy import stats
+
+        expected = stats.kendalltau([r["proxy_retention"] for r in result.rows],
+                                    [r["pass@1"] for r in result.rows]).statistic
+        assert result.kendall_tau == pytest.approx(expected)

@@ -8,7 +8,6 @@ the proxy is built (1.0 = nothing lost): top-1 token accuracy retention (the obj
 per-token likelihood retention exp(mean log-prob − baseline mean log-prob). The tasks are
 tokenized once and always batched the same way: diffusion models attend to padding, so their
 scores depend on which samples share a batch, and a fixed batching keeps plans comparable.
-Optionally a small-subset pass@1 (generation + sandbox) for models strong enough to pass tasks.
 """
 
 from __future__ import annotations
@@ -20,10 +19,9 @@ import random
 from dataclasses import asdict, dataclass
 
 from bitfront.errors import BitfrontError
-from bitfront.evaluators.harness import BenchTask, bench_tasks, program_for
+from bitfront.evaluators.harness import BenchTask, bench_tasks
 from bitfront.evaluators.prompts import default_style
-from bitfront.evaluators.sandbox import Limits, run_programs
-from bitfront.models.base import CodeLM, GenerationOptions
+from bitfront.models.base import CodeLM
 
 
 @dataclass(frozen=True)
@@ -32,8 +30,6 @@ class ProxyConfig:
     seed: int = 0
     batch_size: int = 8
     style: str | None = None  # None: instruct for chat models, plain otherwise
-    pass_tasks: int = 0  # > 0: also pass@1 on this many validation tasks (greedy)
-    max_new_tokens: int = 256
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,7 +41,6 @@ class ProxyScore:
     logprob: float
     retention: float  # top-1 accuracy relative to the unquantized model
     logprob_retention: float  # exp(logprob - baseline logprob)
-    pass_at_1: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,9 +61,6 @@ class AccuracyProxy:
         self.tasks: list[BenchTask] = random.Random(config.seed).sample(pool, config.n_tasks)
         self.contexts = [lm.encode(lm.render(t.prompt.prompt)) for t in self.tasks]
         self.targets = [lm.encode(t.reference) for t in self.tasks]
-        pass_pool = [t for t in pool if t not in self.tasks] or pool
-        self.pass_tasks = random.Random(config.seed + 1).sample(
-            pass_pool, min(config.pass_tasks, len(pass_pool)))
         self.baseline = self._raw()
 
     def fingerprint(self) -> str:
@@ -84,19 +76,7 @@ class AccuracyProxy:
         result = self.lm.score_tokens(self.contexts, self.targets,
                                       batch_size=self.config.batch_size, seed=self.config.seed)
         return ProxyScore(top1=result.mean_accuracy, logprob=result.mean_logprob, retention=1.0,
-                          logprob_retention=1.0, pass_at_1=self._pass_at_1())
-
-    def _pass_at_1(self) -> float | None:
-        if not self.pass_tasks:
-            return None
-        options = GenerationOptions(max_new_tokens=self.config.max_new_tokens,
-                                    stop=self.pass_tasks[0].prompt.stop,
-                                    batch_size=self.config.batch_size)
-        answers = self.lm.generate([t.prompt.prompt for t in self.pass_tasks], options)
-        outcomes = run_programs([program_for(t, a) for t, a in zip(self.pass_tasks, answers,
-                                                                    strict=True)],
-                                limits=Limits(timeout=10.0))
-        return sum(o.passed for o in outcomes) / len(outcomes)
+                          logprob_retention=1.0)
 
     def __call__(self) -> ProxyScore:
         """The proxy for the model's current weights."""
@@ -106,5 +86,4 @@ class AccuracyProxy:
             top1=raw.top1, logprob=raw.logprob,
             retention=raw.top1 / base.top1 if base.top1 > 0 else 0.0,
             logprob_retention=math.exp(raw.logprob - base.logprob),
-            pass_at_1=raw.pass_at_1,
         )

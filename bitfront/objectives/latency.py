@@ -70,7 +70,7 @@ class Workload:
 
     def unit(self, family: str) -> tuple[str, int]:
         return ("token", self.answer_len) if family == "ar" else ("step",
-                                                                  self.steps or self.answer_len)
+                                                                  self.phases(family)["step"])
 
 
 def _sync(device: torch.device) -> None:
@@ -150,11 +150,18 @@ class LatencyTable:
     def layer_time(self, phase: str, out_f: int, in_f: int, bits: int) -> float:
         return self.layers[f"{phase}|{out_f}|{in_f}|{bits}"]
 
+    def layer_seconds(self, layer, bits: int) -> float:
+        """Seconds per sample that `layer` costs at `bits`, every phase included
+        (embeddings are looked up, not multiplied: they are part of `rest`)."""
+        if layer.embedding:
+            return 0.0
+        return sum(calls * self.layer_time(phase, layer.out_features, layer.in_features, bits)
+                   for phase, calls in self.workload.phases(self.family).items())
+
     def predict(self, space: LayerSpace, plan: BitPlan) -> dict:
         """Predicted seconds per sample, per token / step, and the split by phase."""
-        phases = self.workload.phases(self.family)
         by_phase = {}
-        for phase, calls in phases.items():
+        for phase, calls in self.workload.phases(self.family).items():
             by_phase[phase] = calls * sum(
                 self.layer_time(phase, layer.out_features, layer.in_features,
                                 plan.specs[layer.name].bits)
@@ -286,7 +293,7 @@ def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
     _replace(rest_module, _linears(space),
              lambda name, mod: FreeLinear(mod.weight.shape[0]))
     rest = time_call(lambda: generate_fixed(rest_module, lm.family, workload,
-                                            vocab=len(lm.tokenizer), mask_id=_mask_id(lm)),
+                                            vocab=vocab, mask_id=mask_id),
                      device, repeats=max(3, repeats // 2), warmup=1)
     table = LatencyTable(key=key, device=str(device), dtype=str(dtype), family=lm.family,
                          workload=workload, layers=layers, rest=rest,

@@ -229,7 +229,8 @@ class PlanSearch:
         return reference
 
     def _group_latency(self, group: str, bits: int) -> float:
-        return sum(self._layer_latency(self.space[name], bits) for name in self.groups[group])
+        return sum(self.table.layer_seconds(self.space[name], bits)
+                   for name in self.groups[group])
 
     def plan(self, group_bits: dict[str, int], **meta) -> BitPlan:
         bits = {name: group_bits[g] for g, members in self.groups.items() for name in members}
@@ -249,15 +250,9 @@ class PlanSearch:
             self.space, self.groups, list(self.config.choices),
             self.sensitivity.omega,
             group_size=settings.group_size, sym=settings.sym,
-            layer_latency=self._layer_latency if has_table else None,
+            layer_latency=self.table.layer_seconds if has_table else None,
             fixed_latency=self.table.rest if has_table else 0.0)
 
-    def _layer_latency(self, layer, bits: int) -> float:
-        if layer.embedding:  # looked up, not multiplied: part of the table's rest
-            return 0.0
-        calls = self.table.workload.phases(self.lm.family)
-        return sum(n * self.table.layer_time(phase, layer.out_features, layer.in_features, bits)
-                   for phase, n in calls.items())
 
     def seeds(self) -> list[Seed]:
         if self.config.ilp_budgets <= 0:

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from bitfront.errors import BitfrontError
-from bitfront.search.front import Point, accuracy_metric, hypervolume, knee, pareto_front
+from bitfront.search.front import (
+    Point,
+    accuracy_metric,
+    hypervolume,
+    knee,
+    pareto_front,
+    reference_point,
+)
 
 
 @dataclass
@@ -67,7 +74,7 @@ def load_front(path: Path) -> RunFront:
 def _run(label: str, family, config: dict, pts: list[dict]) -> RunFront:
     return RunFront(label=label, family=family, objectives=config["objectives"],
                     accuracy_key=accuracy_metric(config),
-                    reference={"accuracy": 0.0, **config["reference"]}, points=pts)
+                    reference=reference_point(config), points=pts)
 
 
 def staircase(run: RunFront, x: str = "memory_bytes") -> tuple[np.ndarray, np.ndarray]:

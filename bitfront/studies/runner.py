@@ -41,7 +41,7 @@ from bitfront.search.pipeline import Setup, build_search
 from bitfront.search.study import SearchConfig
 from bitfront.space.export import export_json, gptqmodel_config, llama_cpp_args
 from bitfront.space.plan import BitPlan
-from bitfront.studies.spec import SETUP_KEYS, StudySpec, stage_key
+from bitfront.studies.spec import SETUP_KEYS, STAGE_FORMAT, StudySpec, stage_key
 from bitfront.units import parse_bytes, parse_seconds
 
 
@@ -123,15 +123,17 @@ class ModelRun:
         return result
 
     def run(self) -> dict:
-        return {
+        results = {
             "label": self.label,
             "model": self.stage("model", self._model_info),
             "sensitivity": self.stage("sensitivity", self._sensitivity),
             "uniform": self.stage("uniform", self._uniform),
             "search": self.stage("search", self._search),
-            "verified": self.stage("verified", self._verified),
-            "exports": self.stage("exports", self._exports),
         }
+        chosen = self._chosen(results["search"])
+        results["verified"] = self.stage("verified", lambda: self._verified(*chosen))
+        results["exports"] = self.stage("exports", lambda: self._exports(*chosen))
+        return results
 
     def _model_info(self) -> dict:
         lm = self.lm
@@ -149,17 +151,18 @@ class ModelRun:
                           temperature=ev.temperature, top_p=ev.top_p,
                           batch_size=ev.batch_size, timeout=ev.timeout)
 
-    def _pass_at_1(self, plan: BitPlan, tag: str) -> dict[str, float]:
-        """Full pass@1 of `plan` on every benchmark of the spec (each evaluation resumable;
-        other evaluation settings or candidates get other files, so an edited spec never
-        meets a journal it cannot use)."""
+    def _pass_at_1(self, plan: BitPlan) -> dict[str, float]:
+        """Full pass@1 of `plan` on every benchmark of the spec (each evaluation resumable).
+        Files are named by what the answers depend on (plan, candidates, settings): a front
+        plan that equals a uniform one reuses its evaluation, and an edited spec never meets
+        a journal it cannot use."""
         results = {}
         model_key = plan_model_key(self.lm, plan, self.search.candidates)
         settings = self.spec.digest("evaluation", "device")
         with self.search.applier.applied(plan):
             for bench in self.spec.evaluation.benches:
                 config = self._eval_config(bench)
-                name = f"{bench}-{tag}-{config.key(model_key, {'settings': settings})[:8]}"
+                name = f"{bench}-{config.key(model_key, {'settings': settings})[:12]}"
                 report = evaluate(self.lm, config, self.dir / "evals" / f"{name}.json",
                                   model_key=model_key,
                                   mbpp_source=self.spec.evaluation.mbpp or None,
@@ -176,7 +179,7 @@ class ModelRun:
                                    settings.group_size, settings.sym)
             metrics = search.evaluate(plan)
             rows.append({"bits": bits, **trial_metrics(metrics),
-                         "pass@1": self._pass_at_1(plan, f"uniform-{bits}")})
+                         "pass@1": self._pass_at_1(plan)})
         return rows
 
     def _search(self) -> dict:
@@ -185,7 +188,8 @@ class ModelRun:
         # The study is named by everything its trials depend on but the trial count, so
         # raising `trials` continues it and any other edit starts a fresh one.
         setting = self.spec.digest(*SETUP_KEYS, "search", leave_out=("search.trials",))
-        study = self.search.run(storage, f"{self.spec.name}-{self.label}-{setting[:8]}",
+        name = f"{self.spec.name}-{self.label}-v{STAGE_FORMAT}-{setting[:8]}"
+        study = self.search.run(storage, name,
                                 s.trials, show_progress=self.show_progress)
         config = study_config(study)
         objectives, reference = config["objectives"], reference_point(config)
@@ -202,10 +206,10 @@ class ModelRun:
                         "bits": p.bits, **trial_metrics(p.metrics)} for p in pts],
         }
 
-    def _chosen(self) -> tuple[list[dict], dict]:
-        """The front plans to verify: the knee, then the other front plans spread evenly by
-        memory (the cheapest first, the dearest too when two or more are wanted)."""
-        result = json.loads((self.dir / "search.json").read_text())["result"]
+    def _chosen(self, result: dict) -> tuple[list[dict], dict]:
+        """The front plans of the search `result` to verify: the knee, then the other front
+        plans spread evenly by memory (the cheapest first, the dearest too when two or more
+        are wanted)."""
         by_trial = {p["trial"]: p for p in result["points"]}
         front = sorted((by_trial[n] for n in result["front"]), key=lambda p: p["memory_bytes"])
         wanted = self.spec.evaluation.verify_front
@@ -224,18 +228,16 @@ class ModelRun:
                              metrics=point, feasible=point["feasible"],
                              origin=point["origin"]), config)
 
-    def _verified(self) -> list[dict]:
-        chosen, config = self._chosen()
+    def _verified(self, chosen: list[dict], config: dict) -> list[dict]:
         rows = []
         for point in chosen:
             plan = self._plan(point, config)
             rows.append({"trial": point["trial"], "origin": point["origin"],
                          **{k: v for k, v in point.items() if k not in ("bits",)},
-                         "pass@1": self._pass_at_1(plan, f"trial-{point['trial']}")})
+                         "pass@1": self._pass_at_1(plan)})
         return rows
 
-    def _exports(self) -> list[str]:
-        chosen, config = self._chosen()
+    def _exports(self, chosen: list[dict], config: dict) -> list[str]:
         folder = self.dir / "exports"
         folder.mkdir(exist_ok=True)
         paths = []

@@ -292,7 +292,7 @@ def load_spec(path_or_name: str | Path) -> StudySpec:
 
 # Stages of a model's run and the spec sections (or keys) each depends on; their outputs are
 # keyed by model, these and STAGE_FORMAT, which changes when a stage's output does.
-STAGE_FORMAT = 2
+STAGE_FORMAT = 3
 SETUP_KEYS = ("device", "quantizer", "space", "calibration", "sensitivity", "proxy", "latency",
               "evaluation.mbpp")
 STAGES: dict[str, tuple[str, ...]] = {
