@@ -13,11 +13,11 @@ import time
 import torch
 
 from bitfront.evaluators.harness import bench_tasks
-from bitfront.evaluators.proxy import AccuracyProxy, ProxyConfig
 from bitfront.evaluators.sandbox import Program, run_programs
 from bitfront.models import load_model
 from bitfront.models.base import batches, pad_batch
 from bitfront.models.diffusion import SCORE_MASK_RATIOS
+from bitfront.objectives.proxy import AccuracyProxy, ProxyConfig
 
 
 def sandbox_throughput(workers: int) -> dict:

@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bitfront.evaluators.calibration import calibration_set
 from bitfront.kernels.qlinear import QuantLinear
 from bitfront.kernels.quant import rtn_quantize
 from bitfront.models import load_model
+from bitfront.objectives.fidelity import sample_plans
 from bitfront.objectives.latency import Workload, measure_latency_table, time_call
-from bitfront.search.candidates import build_candidates
-from bitfront.search.fidelity import sample_plans
-from bitfront.search.validation import validate_costs
+from bitfront.objectives.validation import validate_costs
+from bitfront.quant.calibration import calibration_set
+from bitfront.quant.candidates import build_candidates
 from bitfront.space.layers import layer_space
 
 SHAPES = {"pocket": [(128, 128), (64, 128), (384, 128), (128, 384)],

@@ -12,7 +12,7 @@ from rich.console import Console
 
 import bitfront
 from bitfront.errors import BitfrontError
-from bitfront.space.export import FORMATS
+from bitfront.export.formats import FORMATS
 
 # Stable exit codes for batch use.
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_PLAN = 0, 1, 2, 3
@@ -144,8 +144,8 @@ def _bits_list(text: str) -> tuple[int, ...]:
 
 
 def _candidates(args, lm):
-    from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
-    from bitfront.search.candidates import QuantizerSettings, build_candidates
+    from bitfront.quant.calibration import CalibrationConfig, calibration_set
+    from bitfront.quant.candidates import QuantizerSettings, build_candidates
     from bitfront.space.layers import layer_space
 
     space = layer_space(lm, include_head=args.include_head,
@@ -246,8 +246,8 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args) -> int:
     from bitfront.evaluators.harness import evaluate
-    from bitfront.search.apply import PlanApplier, candidates_for_plan
-    from bitfront.search.fidelity import plan_model_key
+    from bitfront.objectives.fidelity import plan_model_key
+    from bitfront.quant.apply import PlanApplier, candidates_for_plan
     from bitfront.space.plan import BitPlan
 
     lm = _load(args)
@@ -275,8 +275,8 @@ def cmd_fidelity(args) -> int:
 
     from rich.table import Table
 
-    from bitfront.evaluators.proxy import AccuracyProxy, ProxyConfig
-    from bitfront.search.fidelity import measure_fidelity, sample_plans
+    from bitfront.objectives.fidelity import measure_fidelity, sample_plans
+    from bitfront.objectives.proxy import AccuracyProxy, ProxyConfig
     from bitfront.space.plan import BitPlan
 
     lm = _load(args)
@@ -305,10 +305,10 @@ def cmd_fidelity(args) -> int:
 
 
 def _setup(args):
-    from bitfront.evaluators.calibration import CalibrationConfig
-    from bitfront.evaluators.proxy import ProxyConfig
     from bitfront.objectives.latency import Workload
-    from bitfront.search.candidates import QuantizerSettings
+    from bitfront.objectives.proxy import ProxyConfig
+    from bitfront.quant.calibration import CalibrationConfig
+    from bitfront.quant.candidates import QuantizerSettings
     from bitfront.search.pipeline import Setup
 
     return Setup(
@@ -463,9 +463,9 @@ def cmd_export(args) -> int:
     import json
 
     import bitfront as package
+    from bitfront.export.formats import export_json, gptqmodel_config, llama_cpp_args
     from bitfront.search.front import NoPlanError, plan_of, study_config, trial_metrics
     from bitfront.search.study import locate_study
-    from bitfront.space.export import export_json, gptqmodel_config, llama_cpp_args
 
     study = locate_study(args.study, args.storage)
     args.memory, args.latency = args.best_under, None
@@ -491,8 +491,8 @@ def cmd_export(args) -> int:
     if args.out:
         Path(args.out).write_text(payload + "\n")
     if args.checkpoint:
-        from bitfront.search.apply import candidates_for_plan
-        from bitfront.search.checkpoint import write_gptq_checkpoint
+        from bitfront.export.gptq import write_gptq_checkpoint
+        from bitfront.quant.apply import candidates_for_plan
 
         lm = _load(argparse.Namespace(model=args.model or config["model_name"],
                                       device=args.device, dtype=args.dtype, attn=None))

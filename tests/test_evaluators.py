@@ -8,6 +8,8 @@ from itertools import combinations
 
 import pytest
 
+from bitfront.data.humaneval import load_humaneval
+from bitfront.data.mbpp import load_mbpp
 from bitfront.evaluators.harness import (
     EvalConfig,
     bench_tasks,
@@ -15,18 +17,16 @@ from bitfront.evaluators.harness import (
     pass_at_k,
     program_for,
 )
-from bitfront.evaluators.humaneval import load_humaneval
-from bitfront.evaluators.mbpp import load_mbpp
 from bitfront.evaluators.prompts import (
     CODE_PREFIX,
     humaneval_prompt,
     mbpp_prompt,
     sanitize,
 )
-from bitfront.evaluators.proxy import AccuracyProxy, ProxyConfig
 from bitfront.evaluators.sandbox import run_programs
 from bitfront.models import load_local
 from bitfront.models.base import cut_at_stops
+from bitfront.objectives.proxy import AccuracyProxy, ProxyConfig
 
 
 def test_pass_at_k_matches_the_combinatorial_definition():
@@ -112,9 +112,9 @@ def test_eval_runs_end_to_end_and_resumes(micro_pair, tmp_path):
 
 
 def test_proxy_sees_quantization(micro_pair):
-    from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
-    from bitfront.search.apply import PlanApplier
-    from bitfront.search.candidates import build_candidates
+    from bitfront.quant.apply import PlanApplier
+    from bitfront.quant.calibration import CalibrationConfig, calibration_set
+    from bitfront.quant.candidates import build_candidates
     from bitfront.space.layers import layer_space
     from bitfront.space.plan import BitPlan
 
@@ -138,9 +138,9 @@ def test_proxy_sees_quantization(micro_pair):
 
 
 def test_fidelity_correlations_and_plans(micro_pair, tmp_path):
-    from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
-    from bitfront.search.candidates import build_candidates
-    from bitfront.search.fidelity import correlations, measure_fidelity, sample_plans
+    from bitfront.objectives.fidelity import correlations, measure_fidelity, sample_plans
+    from bitfront.quant.calibration import CalibrationConfig, calibration_set
+    from bitfront.quant.candidates import build_candidates
     from bitfront.space.layers import layer_space
 
     tau, rho, note = correlations([0.9, 0.8, 0.5, 1.0], [0.4, 0.3, 0.1, 0.5])

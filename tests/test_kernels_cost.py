@@ -14,7 +14,7 @@ from bitfront.kernels.quant import pack_rows, rtn_quantize, unpack_rows
 from bitfront.models import load_local, load_model
 from bitfront.objectives.latency import LatencyTable, Workload, measure_latency_table
 from bitfront.objectives.memory import measure_memory
-from bitfront.search.apply import PlanApplier, packed_module
+from bitfront.quant.apply import PlanApplier, packed_module
 from bitfront.space.memory import plan_memory
 from bitfront.space.plan import BitPlan
 
@@ -87,8 +87,8 @@ def test_quant_linear_with_a_short_last_group(bits):
 
 @pytest.fixture(scope="module")
 def packed_setup(micro_pair):
-    from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
-    from bitfront.search.candidates import QuantizerSettings, build_candidates
+    from bitfront.quant.calibration import CalibrationConfig, calibration_set
+    from bitfront.quant.candidates import QuantizerSettings, build_candidates
     from bitfront.space.layers import layer_space
 
     lm = load_local(micro_pair["pocket-ar-micro"], device="cpu")
@@ -124,8 +124,8 @@ def test_packed_model_matches_fake_quant_and_analytic_memory(packed_setup):
 
 
 def test_latency_table_is_additive_cached_and_validated(packed_setup, tmp_path):
-    from bitfront.search.fidelity import sample_plans
-    from bitfront.search.validation import validate_costs
+    from bitfront.objectives.fidelity import sample_plans
+    from bitfront.objectives.validation import validate_costs
 
     lm, space, cands = packed_setup
     workload = Workload(prompt_len=8, answer_len=6)

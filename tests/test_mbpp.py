@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from bitfront.data.mbpp import SPLITS, load_mbpp, mbpp_split, resolve_source
 from bitfront.errors import DataError
-from bitfront.evaluators.mbpp import SPLITS, load_mbpp, mbpp_split, resolve_source
 
 SHA256 = {"mbpp.jsonl": "143559fa164408d45cab058238471288b0e447507ce55db3057c56113d9dccb4",
           "sanitized-mbpp.json":

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from bitfront.evaluators.corpus import build_corpus, stdlib_files
-from bitfront.evaluators.mbpp import load_mbpp, mbpp_split
+from bitfront.data.corpus import build_corpus, stdlib_files
+from bitfront.data.mbpp import load_mbpp, mbpp_split
 from bitfront.evaluators.prompts import pocket_prompt
 from bitfront.models import load_local
 from bitfront.models.causal import CausalLM

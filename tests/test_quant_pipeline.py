@@ -10,13 +10,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bitfront.errors import BitfrontError, PlanError
-from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
 from bitfront.kernels.hessian import capture_hessians
 from bitfront.kernels.hvp import hutchinson_traces
 from bitfront.models import load_local
 from bitfront.objectives.sensitivity import Sensitivity, hawq_sensitivity
-from bitfront.search.apply import PlanApplier
-from bitfront.search.candidates import QuantizerSettings, build_candidates
+from bitfront.quant.apply import PlanApplier
+from bitfront.quant.calibration import CalibrationConfig, calibration_set
+from bitfront.quant.candidates import QuantizerSettings, build_candidates
 from bitfront.space.layers import group_layers, layer_space
 from bitfront.space.memory import plan_memory
 from bitfront.space.plan import BitPlan, QuantSpec

@@ -16,11 +16,17 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bitfront.evaluators.calibration import CalibrationConfig
-from bitfront.evaluators.proxy import ProxyConfig
+from bitfront.export.formats import (
+    gguf_tensor_name,
+    gptqmodel_config,
+    llama_cpp_args,
+    resolve_dynamic,
+)
 from bitfront.models import load_local
 from bitfront.objectives.latency import Workload
-from bitfront.search.candidates import QuantizerSettings
+from bitfront.objectives.proxy import ProxyConfig
+from bitfront.quant.calibration import CalibrationConfig
+from bitfront.quant.candidates import QuantizerSettings
 from bitfront.search.front import (
     NoPlanError,
     Point,
@@ -35,12 +41,6 @@ from bitfront.search.front import (
 from bitfront.search.pipeline import Setup, build_search
 from bitfront.search.seeds import BudgetError, SeedProblem, hawq_seeds
 from bitfront.search.study import SearchConfig, StudyMismatchError
-from bitfront.space.export import (
-    gguf_tensor_name,
-    gptqmodel_config,
-    llama_cpp_args,
-    resolve_dynamic,
-)
 from bitfront.units import format_bytes, parse_bytes, parse_seconds
 
 SETUP = Setup(quantizer=QuantizerSettings(group_size=32),
@@ -198,8 +198,8 @@ def test_exports_reproduce_the_plan(search, tmp_path):
 def test_gptq_checkpoint_holds_the_candidates(search, tmp_path):
     from safetensors.torch import load_file
 
+    from bitfront.export.gptq import write_gptq_checkpoint
     from bitfront.kernels.quant import PackedWeight, dequantize
-    from bitfront.search.checkpoint import write_gptq_checkpoint
     from bitfront.space.plan import BitPlan
 
     lm, cands = search.lm, search.candidates

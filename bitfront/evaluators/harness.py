@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bitfront.data.humaneval import load_humaneval
+from bitfront.data.mbpp import load_mbpp, mbpp_split
 from bitfront.errors import BitfrontError
-from bitfront.evaluators.humaneval import load_humaneval
-from bitfront.evaluators.mbpp import load_mbpp, mbpp_split
 from bitfront.evaluators.prompts import (
     FEWSHOT_TASK_IDS,
     CodePrompt,

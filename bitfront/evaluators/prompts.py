@@ -14,9 +14,9 @@ import ast
 import warnings
 from dataclasses import dataclass
 
+from bitfront.data.humaneval import HumanEvalTask
+from bitfront.data.mbpp import MBPPTask
 from bitfront.errors import BitfrontError
-from bitfront.evaluators.humaneval import HumanEvalTask
-from bitfront.evaluators.mbpp import MBPPTask
 from bitfront.models.base import Prompt
 
 STYLES = ("instruct", "fewshot", "plain")

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bitfront.evaluators.calibration import Calibration
 from bitfront.kernels.hvp import hutchinson_traces
 from bitfront.models.base import CodeLM
 from bitfront.paths import write_atomic
-from bitfront.search.candidates import Candidates
+from bitfront.quant.calibration import Calibration
+from bitfront.quant.candidates import Candidates
 
 SCHEMA = 2  # 2: Ω from |Tr(H)|
 

@@ -22,8 +22,8 @@ import transformers
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 import bitfront
-from bitfront.evaluators.corpus import Corpus, build_corpus
-from bitfront.evaluators.mbpp import load_mbpp, mbpp_split
+from bitfront.data.corpus import Corpus, build_corpus
+from bitfront.data.mbpp import load_mbpp, mbpp_split
 from bitfront.evaluators.prompts import pocket_prompt
 from bitfront.models.base import CodeLM
 from bitfront.models.causal import CausalLM

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
-from bitfront.evaluators.proxy import AccuracyProxy, ProxyConfig
 from bitfront.models.base import CodeLM
 from bitfront.objectives.latency import Workload, measure_latency_table
+from bitfront.objectives.proxy import AccuracyProxy, ProxyConfig
 from bitfront.objectives.sensitivity import cached_sensitivity, gptq_loss_sensitivity
-from bitfront.search.candidates import QuantizerSettings, build_candidates
+from bitfront.quant.calibration import CalibrationConfig, calibration_set
+from bitfront.quant.candidates import QuantizerSettings, build_candidates
 from bitfront.search.study import PlanSearch, SearchConfig
 from bitfront.space.layers import layer_space
 

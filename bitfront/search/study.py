@@ -34,13 +34,13 @@ import optuna
 from optuna.trial import TrialState
 
 from bitfront.errors import BitfrontError
-from bitfront.evaluators.proxy import AccuracyProxy
 from bitfront.models.base import CodeLM
 from bitfront.objectives.latency import LatencyTable
+from bitfront.objectives.proxy import AccuracyProxy
 from bitfront.objectives.sensitivity import Sensitivity
 from bitfront.progress import progress_bar
-from bitfront.search.apply import PlanApplier
-from bitfront.search.candidates import Candidates
+from bitfront.quant.apply import PlanApplier
+from bitfront.quant.candidates import Candidates
 from bitfront.search.seeds import Seed, SeedProblem, hawq_seeds
 from bitfront.space.layers import group_layers
 from bitfront.space.memory import plan_memory

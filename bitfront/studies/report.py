@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import bitfront
-from bitfront.search.fidelity import correlations
+from bitfront.objectives.fidelity import correlations
 from bitfront.search.front import hypervolume
 from bitfront.studies import plots
 from bitfront.studies.compare import RunFront, _run, best_at, common_reference, compare_runs

@@ -18,15 +18,16 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from bitfront.evaluators.calibration import CalibrationConfig
 from bitfront.evaluators.harness import EvalConfig, evaluate
-from bitfront.evaluators.proxy import ProxyConfig
+from bitfront.export.formats import export_json, gptqmodel_config, llama_cpp_args
 from bitfront.models import load_model
 from bitfront.models.diffusion_sampling import DiffusionOptions
+from bitfront.objectives.fidelity import plan_model_key
 from bitfront.objectives.latency import Workload
+from bitfront.objectives.proxy import ProxyConfig
 from bitfront.paths import write_atomic
-from bitfront.search.candidates import QuantizerSettings
-from bitfront.search.fidelity import plan_model_key
+from bitfront.quant.calibration import CalibrationConfig
+from bitfront.quant.candidates import QuantizerSettings
 from bitfront.search.front import (
     hypervolume,
     knee,
@@ -39,7 +40,6 @@ from bitfront.search.front import (
 )
 from bitfront.search.pipeline import Setup, build_search
 from bitfront.search.study import SearchConfig
-from bitfront.space.export import export_json, gptqmodel_config, llama_cpp_args
 from bitfront.space.plan import BitPlan
 from bitfront.studies.spec import SETUP_KEYS, STAGE_FORMAT, StudySpec, stage_key
 from bitfront.units import parse_bytes, parse_seconds

@@ -42,7 +42,7 @@ class MBPPTask:
 
 
 def _vendored(filename: str) -> Path:
-    return Path(str(resources.files("bitfront.evaluators") / "data" / "mbpp" / filename))
+    return Path(str(resources.files("bitfront.data") / "vendored" / "mbpp" / filename))
 
 
 def resolve_source(source: str | Path | None, filename: str) -> Path | str:

@@ -3,7 +3,7 @@
 Each quantized linear `name` is stored as `name.qweight`, `name.qzeros`, `name.scales` and
 `name.g_idx` (kernels/quant.py's packing, which is GPTQ's; zero points without the v1 "-1"
 offset, hence `gptq_v2`), every other tensor in float16, with `config.json` carrying a
-`quantization_config` whose `dynamic` map reproduces the plan (space/export.py), a matching
+`quantization_config` whose `dynamic` map reproduces the plan (export/formats.py), a matching
 `quantize_config.json`, and the tokenizer.
 
 GPTQModel itself is not used to write it: its current release needs torch >= 2.14.1, which
@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import save_file
 
 from bitfront.errors import PlanError
+from bitfront.export.formats import gptqmodel_config
 from bitfront.models.base import CodeLM
 from bitfront.models.coda import coda_config_dict
-from bitfront.search.candidates import Candidates
-from bitfront.space.export import gptqmodel_config
+from bitfront.quant.candidates import Candidates
 from bitfront.space.plan import BitPlan
 
 

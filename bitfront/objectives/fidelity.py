@@ -18,10 +18,10 @@ from pathlib import Path
 from scipy import stats
 
 from bitfront.evaluators.harness import EvalConfig, evaluate
-from bitfront.evaluators.proxy import AccuracyProxy
 from bitfront.models.base import CodeLM
-from bitfront.search.apply import PlanApplier
-from bitfront.search.candidates import Candidates
+from bitfront.objectives.proxy import AccuracyProxy
+from bitfront.quant.apply import PlanApplier
+from bitfront.quant.candidates import Candidates
 from bitfront.space.memory import plan_memory
 from bitfront.space.plan import BitPlan
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from bitfront.evaluators.corpus import build_corpus
+from bitfront.data.corpus import build_corpus
 from bitfront.models.base import CodeLM
 
 # Enough stdlib text for a few hundred windows; the full corpus is not needed here.

@@ -11,8 +11,8 @@ from bitfront.models.base import CodeLM
 from bitfront.objectives.latency import LatencyTable, measure_plan_latency
 from bitfront.objectives.memory import measure_memory
 from bitfront.progress import track
-from bitfront.search.apply import packed_module
-from bitfront.search.candidates import Candidates
+from bitfront.quant.apply import packed_module
+from bitfront.quant.candidates import Candidates
 from bitfront.space.memory import plan_memory
 from bitfront.space.plan import BitPlan
 

@@ -22,13 +22,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from bitfront.evaluators.calibration import Calibration
 from bitfront.kernels.gptq import GPTQResult, gptq_quantize
 from bitfront.kernels.hessian import capture_hessians
 from bitfront.kernels.quant import PackedWeight, rtn_quantize
 from bitfront.models.base import CodeLM
 from bitfront.paths import cache_dir, write_atomic
 from bitfront.progress import progress_bar
+from bitfront.quant.calibration import Calibration
 from bitfront.space.layers import LayerSpace
 
 FORMAT = 1

@@ -13,7 +13,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitfront.evaluators.mbpp import MBPPTask, load_mbpp, mbpp_split
+from bitfront.data.mbpp import MBPPTask, load_mbpp, mbpp_split
 from bitfront.evaluators.prompts import pocket_prompt
 
 # Top-level stdlib folders that are tests, bundled third-party code, data tables or binaries.

@@ -15,7 +15,7 @@ from torch import nn
 from bitfront.errors import PlanError
 from bitfront.kernels.qlinear import QuantLinear
 from bitfront.models.base import CodeLM
-from bitfront.search.candidates import Candidates
+from bitfront.quant.candidates import Candidates
 from bitfront.space.plan import BitPlan
 
 
@@ -83,8 +83,8 @@ def candidates_for_plan(lm: CodeLM, plan: BitPlan, *, show_progress: bool = True
     quantizer and calibration settings recorded in its metadata; refuses when what it
     rebuilds differs from what the plan names (other weights, or calibration text from
     another Python's standard library)."""
-    from bitfront.evaluators.calibration import CalibrationConfig, calibration_set
-    from bitfront.search.candidates import QuantizerSettings, build_candidates
+    from bitfront.quant.calibration import CalibrationConfig, calibration_set
+    from bitfront.quant.candidates import QuantizerSettings, build_candidates
 
     spec = next(iter(plan.specs.values()))
     quantizer = plan.meta.get("quantizer") or {"group_size": spec.group_size, "sym": spec.sym}

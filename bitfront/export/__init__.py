@@ -1,0 +1,1 @@
+"""Files for deployment: the JSON plan, runtime configs and quantized checkpoints."""
