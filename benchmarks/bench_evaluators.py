@@ -1,7 +1,9 @@
-"""Benchmark: sandbox throughput on the 500 MBPP test references (2 workers), and the proxy's
-scoring speed against a plain forward pass over the same token batches. Prints JSON.
+"""Benchmark: sandbox throughput on the 500 MBPP test references (2 workers; each program is a
+bubblewrap jail plus a judge process), and the proxy's scoring speed against a plain forward
+pass over the same token batches. Prints JSON.
 
     python benchmarks/bench_evaluators.py [--models pocket-ar,pocket-diffusion]
+    python benchmarks/bench_evaluators.py --models ""    # the sandbox only
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from bitfront.objectives.proxy import AccuracyProxy, ProxyConfig
 
 def sandbox_throughput(workers: int) -> dict:
     tasks = bench_tasks("mbpp", style="plain")
-    programs = [Program(t.reference, t.tests) for t in tasks]
+    programs = [Program(t.reference, t.tests, t.entry_point) for t in tasks]
     start = time.perf_counter()
     outcomes = run_programs(programs, workers=workers)
     seconds = time.perf_counter() - start
@@ -76,7 +78,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "targets": {"proxy_overhead": 1.5},
         "sandbox": sandbox_throughput(args.workers),
-        "proxy": [proxy_speed(m, args.repeats) for m in args.models.split(",")],
+        "proxy": [proxy_speed(m, args.repeats) for m in args.models.split(",") if m],
     }, indent=2))
 
 

@@ -15,9 +15,9 @@ import time
 from dataclasses import replace
 
 from bitfront.models import load_model
-from bitfront.search.front import hypervolume, points, reference_point, study_config
-from bitfront.search.pipeline import Setup, build_search
-from bitfront.search.study import SearchConfig
+from bitfront.planner.front import hypervolume, points, reference_point, study_config
+from bitfront.planner.pipeline import Setup, build_search
+from bitfront.planner.study import SearchConfig
 
 
 def curve(pts, objectives, reference) -> list[float]:

@@ -21,3 +21,18 @@ def write_atomic(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+RUNS = Path("runs")
+
+
+def run_dir(kind: str, name: str) -> Path:
+    """`runs/KIND/NAME`: where a command writes its outputs by default (`name` may be a
+    model name, path or hub id; only its last part is kept, made file-name safe)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(name).name)
+    return RUNS / kind / safe
+
+
+def default_storage(study_name: str) -> str:
+    """The SQLite storage of a search run that names no storage."""
+    return f"sqlite:///{(run_dir('search', study_name) / 'study.db').resolve()}"

@@ -108,6 +108,6 @@ def test_search_best_and_export_for_batch_jobs(tmp_path, micro_pair):
         elif fmt == "gptqmodel":
             assert "dynamic" in json.loads(text)
         else:
-            assert text.startswith("--tensor-type blk.0.attn_q=")
+            assert text.startswith("^blk\\.0\\.attn_q\\.weight$=")  # a --tensor-type-file
     res = bitfront_cmd("export", str(run), "--trial", "999", cwd=tmp_path)
     assert res.returncode == 1 and "not a completed trial" in res.stderr

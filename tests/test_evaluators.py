@@ -119,11 +119,11 @@ def test_proxy_sees_quantization(micro_pair):
     from bitfront.space.plan import BitPlan
 
     lm = load_local(micro_pair["pocket-ar-micro"], device="cpu")
-    proxy = AccuracyProxy(lm, ProxyConfig(n_tasks=32))
+    proxy = AccuracyProxy(lm, ProxyConfig(tasks=32))
     assert {t.task_id for t in proxy.tasks} <= {f"mbpp/{i}" for i in range(511, 601)}
     assert proxy().retention == 1.0
     space = layer_space(lm)
-    cands = build_candidates(lm, space, calibration_set(lm, CalibrationConfig(n_samples=16)),
+    cands = build_candidates(lm, space, calibration_set(lm, CalibrationConfig(samples=16)),
                              show_progress=False)
     applier = PlanApplier(lm, cands)
     scores = {}
@@ -133,7 +133,7 @@ def test_proxy_sees_quantization(micro_pair):
     assert scores[2].retention < scores[8].retention <= 1.0
     assert scores[2].logprob_retention < scores[8].logprob_retention
     assert proxy().retention == 1.0  # restored
-    again = AccuracyProxy(lm, ProxyConfig(n_tasks=32))
+    again = AccuracyProxy(lm, ProxyConfig(tasks=32))
     assert again.fingerprint() == proxy.fingerprint()
 
 
@@ -144,14 +144,15 @@ def test_fidelity_correlations_and_plans(micro_pair, tmp_path):
     from bitfront.space.layers import layer_space
 
     tau, rho, note = correlations([0.9, 0.8, 0.5, 1.0], [0.4, 0.3, 0.1, 0.5])
-    assert tau == pytest.approx(1.0) and rho == pytest.approx(1.0) and note == ""
+    assert tau.estimate == pytest.approx(1.0) and rho.estimate == pytest.approx(1.0)
+    assert note == "" and tau.low <= 1.0 <= tau.high
     tau, rho, note = correlations([0.9, 0.8, 0.5], [0.0, 0.0, 0.0])
     assert tau is None and "pass@1 is the same" in note
 
     lm = load_local(micro_pair["pocket-ar-micro"], device="cpu")
-    proxy = AccuracyProxy(lm, ProxyConfig(n_tasks=16))
+    proxy = AccuracyProxy(lm, ProxyConfig(tasks=16))
     cands = build_candidates(lm, layer_space(lm),
-                             calibration_set(lm, CalibrationConfig(n_samples=16)),
+                             calibration_set(lm, CalibrationConfig(samples=16)),
                              show_progress=False)
     plans = sample_plans(cands, lm.fingerprint(), mixed=1)
     assert [p.meta["name"] for p in plans] == ["uniform-2", "uniform-3", "uniform-4",
@@ -171,4 +172,4 @@ def test_fidelity_correlations_and_plans(micro_pair, tmp_path):
 
         expected = stats.kendalltau([r["proxy_retention"] for r in result.rows],
                                     [r["pass@1"] for r in result.rows]).statistic
-        assert result.kendall_tau == pytest.approx(expected)
+        assert result.kendall_tau.estimate == pytest.approx(expected)

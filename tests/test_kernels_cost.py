@@ -93,7 +93,7 @@ def packed_setup(micro_pair):
 
     lm = load_local(micro_pair["pocket-ar-micro"], device="cpu")
     space = layer_space(lm)
-    cands = build_candidates(lm, space, calibration_set(lm, CalibrationConfig(n_samples=16)),
+    cands = build_candidates(lm, space, calibration_set(lm, CalibrationConfig(samples=16)),
                              settings=QuantizerSettings(group_size=32), show_progress=False)
     return lm, space, cands
 
@@ -166,7 +166,7 @@ def test_diffusion_latency_counts_steps(micro_pair, tmp_path):
     table = measure_latency_table(lm, space, workload, bits=(4, 16), group_size=32,
                                   repeats=1, root=tmp_path, show_progress=False)
     assert set(k.split("|")[0] for k in table.layers) == {"step"}
-    with pytest.raises(Exception, match="at least 2 tokens"):
+    with pytest.raises(Exception, match="answer_len must be at least 2"):
         Workload(answer_len=1)
 
 

@@ -13,7 +13,7 @@ from bitfront.errors import BitfrontError, PlanError
 from bitfront.kernels.hessian import capture_hessians
 from bitfront.kernels.hvp import hutchinson_traces
 from bitfront.models import load_local
-from bitfront.objectives.sensitivity import Sensitivity, hawq_sensitivity
+from bitfront.objectives.sensitivity import Sensitivity, SensitivityConfig, hawq_sensitivity
 from bitfront.quant.apply import PlanApplier
 from bitfront.quant.calibration import CalibrationConfig, calibration_set
 from bitfront.quant.candidates import QuantizerSettings, build_candidates
@@ -21,7 +21,8 @@ from bitfront.space.layers import group_layers, layer_space
 from bitfront.space.memory import plan_memory
 from bitfront.space.plan import BitPlan, QuantSpec
 
-SMALL_CALIB = CalibrationConfig(n_samples=8, seq_len=64, batch_size=4)
+TRACES = SensitivityConfig(probes=2, batches=1)
+SMALL_CALIB = CalibrationConfig(samples=8, seq_len=64, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +201,7 @@ def test_candidates_are_cached_verified_and_resumed(ar_micro, ar_candidates, tmp
         n = cands.space.names()[i]
         for b in (2, 4):
             assert torch.equal(rebuilt.weight(n, b), cands.weight(n, b))
-    other_calib = calibration_set(ar_micro, CalibrationConfig(n_samples=8, seq_len=64, seed=5))
+    other_calib = calibration_set(ar_micro, CalibrationConfig(samples=8, seq_len=64, seed=5))
     assert build_candidates(ar_micro, cands.space, other_calib, root=tmp_path,
                             settings=cands.settings, show_progress=False).key != cands.key
 
@@ -239,7 +240,7 @@ def test_applying_plans_swaps_weights_in_place(ar_micro, ar_candidates):
 
 def test_hawq_sensitivity_table(ar_micro, ar_candidates, tmp_path):
     cands, calib = ar_candidates
-    sens = hawq_sensitivity(ar_micro, cands, calib, probes=2, batches=1, show_progress=False)
+    sens = hawq_sensitivity(ar_micro, cands, calib, TRACES, show_progress=False)
     assert len(sens.rows) == 14 * 4
     for layer in cands.space.names():
         omegas = [sens.omega(layer, b) for b in (2, 3, 4, 8)]
@@ -265,8 +266,7 @@ def test_sensitivity_of_a_bfloat16_model_is_computed_in_float32(micro_pair, tmp_
         cands = build_candidates(lm, layer_space(lm), calib, root=tmp_path,
                                  settings=QuantizerSettings(group_size=32),
                                  show_progress=False)
-        traces[name] = [r.trace for r in hawq_sensitivity(lm, cands, calib, probes=2,
-                                                          batches=1, show_progress=False
-                                                          ).rows]
+        traces[name] = [r.trace for r in hawq_sensitivity(lm, cands, calib, TRACES,
+                                                          show_progress=False).rows]
     assert next(lm16.module.parameters()).dtype == torch.bfloat16  # restored afterwards
     assert traces["bf16"] == pytest.approx(traces["fp32"], rel=1e-3, abs=1e-6)

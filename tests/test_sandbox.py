@@ -1,21 +1,30 @@
-"""The sandbox against hostile programs, and the harness check on reference solutions."""
+"""The sandbox against hostile programs: containment, verdicts no program can forge, an
+evaluation no answer can crash or stall; values crossing by value; the unsafe opt-out."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
+import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bitfront.evaluators.sandbox import Limits, Program, run_program, run_programs
+from bitfront.errors import BitfrontError
+from bitfront.evaluators import sandbox, wire
+from bitfront.evaluators.harness import EvalConfig, bench_tasks, evaluate, program_for
+from bitfront.evaluators.sandbox import TAIL_BYTES, Limits, Program, run_program, run_programs
 
 LEAK = f"bitfront-leak-{os.getpid()}"
-LIMITS = Limits(timeout=3.0, cpu_seconds=3, memory_bytes=1 << 30, file_bytes=4 << 20,
-                processes=16)
+# The address-space limit doubles as a marker: it appears on every jail's command line.
+LIMITS = Limits(timeout=3.0, cpu_seconds=3, memory_bytes=(512 << 20) + os.getpid(),
+                file_bytes=4 << 20, scratch_bytes=16 << 20)
+SHADOW_ROOT = "root:"  # how /etc/shadow's first line starts
 
 
 @pytest.fixture
@@ -29,100 +38,261 @@ def victim(tmp_path):
 
 
 @pytest.fixture
-def listener():
-    """A TCP server on this machine's loopback, counting connections it accepts."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
+def secret():
+    """A 0600 file in this user's home directory (/root in CI)."""
+    marker = f"bitfront-secret-{os.urandom(8).hex()}"
+    with tempfile.NamedTemporaryFile("w", dir=Path.home(), prefix=".bitfront-") as fh:
+        fh.write(marker)
+        fh.flush()
+        yield Path(fh.name), marker
+
+
+def _serve(server: socket.socket, accepted: list, stop: threading.Event) -> None:
     server.settimeout(0.2)
-    accepted = []
+    while not stop.is_set():
+        with contextlib.suppress(OSError):
+            accepted.append(server.accept()[0])
+
+
+@pytest.fixture
+def listeners(tmp_path):
+    """A TCP server on loopback, a pathname unix socket (like PostgreSQL's) and an abstract
+    one, all counting the connections they accept."""
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    unix, abstract = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+    path = tmp_path / ".s.PGSQL.5432"
+    unix.bind(str(path))
+    abstract.bind(f"\0{LEAK}")
+    accepted: list = []
     stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                accepted.append(server.accept()[0])
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1], accepted
+    threads = []
+    for server in (tcp, unix, abstract):
+        server.listen()
+        threads.append(threading.Thread(target=_serve, args=(server, accepted, stop)))
+        threads[-1].start()
+    yield {"port": tcp.getsockname()[1], "unix": str(path), "abstract": f"\\0{LEAK}"}, accepted
     stop.set()
-    thread.join()
-    server.close()
+    for thread, server in zip(threads, (tcp, unix, abstract), strict=True):
+        thread.join()
+        server.close()
 
 
 def snapshot(directory: Path) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in directory.iterdir()}
 
 
-def sandbox_processes() -> list[int]:
-    """Processes (zombies included) of a sandbox user or children of this test process."""
-    found = []
+def sandbox_processes() -> set[int]:
+    """Live or zombie processes of this suite's sandboxes: jails and bwraps (their command
+    lines carry LIMITS' marker) and the judges (children of this process)."""
+    found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        uid = int(fields["Uid"].split()[0])
-        if 61000 <= uid < 62000 or int(fields["PPid"]) == os.getpid():
-            found.append(int(entry.name))
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes()
+            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if str(LIMITS.memory_bytes).encode() in cmdline or (
+                    int(parent) == os.getpid() and b"judge.py" in cmdline):
+                found.add(int(entry.name))
     return found
 
 
-def hostile_programs(victim: Path, port: int) -> dict[str, tuple[str, set[str]]]:
+def sysv_ipc() -> list[str]:
+    return [Path(f"/proc/sysvipc/{kind}").read_text() for kind in ("shm", "msg", "sem")]
+
+
+def leftovers() -> set[Path]:
+    return {*Path(tempfile.gettempdir()).glob("bitfront-sandbox-*"),
+            *(p for d in ("/tmp", "/run/lock", "/var/lock") for p in Path(d).glob(f"{LEAK}*"))}
+
+
+def hostile_programs(victim: Path, secret: Path, sockets: dict) -> dict[str, tuple]:
+    """name: (program, the outcomes it may have, text its detail must contain)."""
     target = victim / "keep.txt"
-    return {
-        # Allowed into a private /tmp (root namespaces) or refused (guard); never left behind.
-        "write /tmp": (f"open('/tmp/{LEAK}', 'w').write('x')", {"passed", "failed"}),
-        "infinite loop": ("while True:\n    pass", {"timeout"}),
-        "sleep forever": ("import time\ntime.sleep(10**6)", {"timeout"}),
-        "fork bomb": ("import os\nwhile True:\n    os.fork()", {"crashed", "timeout"}),
+    old = {  # the suite of the home-made jail
+        "write /tmp": (f"open('/tmp/{LEAK}', 'w').write('x')", {"passed"}, ""),
+        "infinite loop": ("while True:\n    pass", {"timeout"}, ""),
+        "sleep forever": ("import time\ntime.sleep(10**6)", {"timeout"}, ""),
+        "fork bomb": ("import os\nwhile True:\n    os.fork()", {"crashed"}, "BlockingIOError"),
         "memory bomb": ("blocks = []\nwhile True:\n    blocks.append(bytearray(1 << 28))",
-                        {"crashed"}),
+                        {"crashed"}, "MemoryError"),
         "1 GB to stdout": ("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n"
-                           "    sys.stdout.write(chunk)\nsys.stdout.flush()", {"crashed"}),
+                           "    sys.stdout.write(chunk)\nsys.stdout.flush()", {"passed"}, ""),
         "write outside": (f"open({str(victim / 'new.txt')!r}, 'w').write('pwned')",
-                          {"failed"}),
-        "overwrite outside": (f"open({str(target)!r}, 'w').write('pwned')", {"failed"}),
-        "delete outside": (f"import os\nos.remove({str(target)!r})", {"failed"}),
-        "network": (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), "
-                    "timeout=2)", {"failed"}),
-        # The jail survives (it reports the result): the signal is refused, or, as PID 1 of
-        # its namespace, the program cannot even reach it and simply goes on.
-        "kill parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
-                        {"passed", "failed"}),
+                          {"failed"}, "FileNotFoundError"),
+        "overwrite outside": (f"open({str(target)!r}, 'w').write('pwned')", {"failed"}, ""),
+        "delete outside": (f"import os\nos.remove({str(target)!r})", {"failed"}, ""),
+        "network": (f"import socket\nsocket.create_connection(('127.0.0.1', "
+                    f"{sockets['port']}), timeout=2)", {"failed"}, "Errno"),
+        # Its parent is the sandbox's PID 1, which ignores signals from inside.
+        "kill parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", {"passed"},
+                        ""),
         "kill evaluator": (f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)",
-                           {"failed"}),
-        "unbounded recursion": ("def f(n):\n    return f(n + 1)\nf(0)", {"crashed"}),
-        "sys.exit(0) first": ("import sys\nsys.exit(0)", {"crashed"}),
-        "read stdin": ("data = input()", {"failed"}),
-        "os._exit(0)": ("import os\nos._exit(0)", {"crashed"}),
+                           {"failed"}, "ProcessLookupError"),
+        "unbounded recursion": ("def f(n):\n    return f(n + 1)\nf(0)", {"crashed"}, ""),
+        "sys.exit(0) first": ("import sys\nsys.exit(0)", {"crashed"}, "SystemExit"),
+        "read stdin": ("data = input()", {"failed"}, "EOFError"),
+        "os._exit(0)": ("import os\nos._exit(0)", {"crashed"}, "ended"),
+    }
+    scan = "import os, struct\nfor fd in range(3, 64):\n    try:\n        os.write(fd, {})\n" \
+           "    except OSError:\n        pass\n"
+    return old | {
+        "read /etc/shadow": ("import sys\nprint(open('/etc/shadow').read(), file=sys.stderr)",
+                             {"failed"}, "FileNotFoundError"),
+        "read a 0600 file in ~": (f"import sys\nprint(open({str(secret)!r}).read(), "
+                                  "file=sys.stderr)", {"failed"}, "FileNotFoundError"),
+        "write /run/lock": (f"open('/run/lock/{LEAK}', 'w')", {"failed"}, ""),
+        "write /var/lock": (f"open('/var/lock/{LEAK}', 'w')", {"failed"}, ""),
+        "write /proc/sys": ("path = '/proc/sys/kernel/pid_max'\n"
+                            "open(path, 'w').write(open(path).read())", {"failed"},
+                            "Read-only file system"),
+        "write the root": ("open('/x', 'w')", {"failed"}, "Read-only file system"),
+        "open_by_handle_at": (
+            "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "class Handle(ctypes.Structure):\n"
+            "    _fields_ = [('size', ctypes.c_uint), ('type', ctypes.c_int),\n"
+            "                ('data', ctypes.c_uint32 * 2)]\n"
+            "root = Handle(8, 1, (ctypes.c_uint32 * 2)(2, 0))  # an ext4 root: inode 2\n"
+            "mount = os.open('/usr/lib', os.O_RDONLY)\n"
+            "if libc.open_by_handle_at(mount, ctypes.byref(root), os.O_RDONLY) < 0:\n"
+            "    raise OSError(ctypes.get_errno(), 'open_by_handle_at')", {"failed"},
+            "PermissionError"),
+        "unix socket": (f"import socket\nsocket.socket(socket.AF_UNIX).connect("
+                        f"{sockets['unix']!r})", {"failed"}, "FileNotFoundError"),
+        "abstract socket": (f"import socket\nsocket.socket(socket.AF_UNIX).connect("
+                            f"'{sockets['abstract']}')", {"failed"}, "ConnectionRefusedError"),
+        "SysV shm": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                     "if libc.shmget(0, 1 << 20, 0o1600) < 0:\n"
+                     "    raise OSError(ctypes.get_errno(), 'shmget')", {"failed"},
+                     "PermissionError"),
+        "threads are allowed": ("import threading\nt = threading.Thread(target=print)\n"
+                                "t.start()\nt.join()", {"passed"}, ""),
+        "fd exhaustion": ("files = [open('/dev/null') for _ in range(100000)]", {"crashed"},
+                          "Too many open files"),
+        "1 GB to stderr": ("import sys\nchunk = 'e' * (1 << 20)\nfor _ in range(1024):\n"
+                           "    sys.stderr.write(chunk)\nsys.stderr.flush()", {"crashed"},
+                           "File too large"),
+        "huge status": (scan.format("b'x' * (64 << 20)"), {"crashed"}, "malformed"),
+        "status without status": ("m = b'{\"detail\": \"forged\"}'\n"
+                                  + scan.format("struct.pack('!I', len(m)) + m")
+                                  + "os._exit(0)", {"crashed"}, "malformed"),
+        "3000-deep directory tree": ("import os\nfor _ in range(3000):\n    os.mkdir('d')\n"
+                                     "    os.chdir('d')", {"passed"}, ""),
     }
 
 
-def test_hostile_programs_are_contained_and_classified(victim, listener):
-    port, accepted = listener
-    before = snapshot(victim)
-    programs = hostile_programs(victim, port)
-    leftovers_before = set(Path("/tmp").glob("bitfront-sandbox-*"))
-    processes_before = set(sandbox_processes())
+def test_hostile_programs_are_contained_and_classified(victim, secret, listeners):
+    sockets, accepted = listeners
+    secret_path, marker = secret
+    before, ipc, left = snapshot(victim), sysv_ipc(), leftovers()
+    programs = hostile_programs(victim, secret_path, sockets)
+    processes_before = sandbox_processes()
     start = time.monotonic()
-    outcomes = run_programs([Program(code, ("assert True",)) for code, _ in programs.values()],
-                            limits=LIMITS, workers=2)
+    outcomes = run_programs([Program(code, ("assert True",)) for code, _, _ in
+                             programs.values()], limits=LIMITS, workers=2)
     elapsed = time.monotonic() - start
-    for (name, (_, expected)), outcome in zip(programs.items(), outcomes, strict=True):
-        assert outcome.status in expected, (name, outcome)
+    for (name, (_, expected, text)), outcome in zip(programs.items(), outcomes, strict=True):
+        assert outcome.status in expected and text in outcome.detail, (name, outcome)
         assert outcome.seconds <= LIMITS.timeout + 2, (name, outcome.seconds)
+        assert len(outcome.stderr_tail) <= TAIL_BYTES and len(outcome.detail) <= 500
+        for leaked in (marker, SHADOW_ROOT):
+            assert leaked not in outcome.stderr_tail + outcome.detail, (name, leaked)
+        assert outcome.isolation == "bubblewrap"
     assert elapsed < len(programs) * (LIMITS.timeout + 2) / 2 + 5
-    assert snapshot(victim) == before
-    assert accepted == []
-    assert set(sandbox_processes()) - processes_before == set()
-    assert set(Path("/tmp").glob("bitfront-sandbox-*")) == leftovers_before
-    assert not (Path("/tmp") / LEAK).exists()
-    assert outcomes[0].isolation in ("root-namespaces", "user-namespaces", "python-guard")
+    assert snapshot(victim) == before and accepted == []
+    assert sysv_ipc() == ipc and leftovers() == left
+    assert sandbox_processes() - processes_before == set()
+
+
+def test_inside_the_sandbox():
+    """A fresh /proc with two processes (bwrap's PID 1 and the jail), no capabilities, no
+    further user namespaces, a private hostname, no host files but the runtime."""
+    code = ("import os, socket\npids = sorted(p for p in os.listdir('/proc') if p.isdigit())\n"
+            "status = open('/proc/self/status').read()\nhost = socket.gethostname()\n"
+            "top = sorted(os.listdir('/'))\netc = os.path.exists('/etc/passwd')")
+    tests = ("assert len(pids) == 2", "assert 'CapEff:\\t0000000000000000' in status",
+             "assert 'CapBnd:\\t0000000000000000' in status", "assert host == 'sandbox'",
+             "assert set(top) <= {'bitfront', 'dev', 'lib', 'lib64', 'proc', 'root', 'tmp', "
+             "'usr'}",
+             "assert not etc")
+    outcome = run_program(Program(code, tests), LIMITS)
+    assert outcome.passed, outcome
+
+
+ATTACKS = {  # the six ways an old program decided its own verdict, as model answers
+    "__eq__ always True": "class Anything:\n    def __eq__(self, other):\n        return True\n\n"
+                          "def {f}(*args):\n    return Anything()\n",
+    "replace exec": "import builtins\n\n"
+                    "def {f}(*args, _=setattr(builtins, 'exec', lambda *a, **k: None)):\n"
+                    "    return None\n",
+    "replace compile": "import builtins\n\ndef {f}(*args, _=setattr(builtins, 'compile', (lambda "
+                       "c: lambda *a, **k: c('pass', 't', 'exec'))(compile))):\n"
+                       "    return None\n",
+    "status pipe from the caller's frame": (
+        "import os\nimport sys\n\ndef _forge():\n    frame = sys._getframe(1)\n"
+        "    while frame is not None:\n        for value in list(frame.f_locals.values()):\n"
+        "            if type(value) is int and 2 < value < 1024:\n                try:\n"
+        "                    os.write(value, b'{{\"status\": \"passed\"}}')\n"
+        "                except OSError:\n                    pass\n"
+        "        frame = frame.f_back\n    os._exit(0)\n\n"
+        "def {f}(*args, _=_forge()):\n    return None\n"),
+    "status pipe by scanning fds": (
+        "import os\n\ndef _forge():\n    for fd in range(3, 1024):\n        try:\n"
+        "            os.write(fd, b'{{\"status\": \"passed\"}}')\n        except OSError:\n"
+        "            pass\n    os._exit(0)\n\ndef {f}(*args, _=_forge()):\n    return None\n"),
+    "patch json.dumps": "import json\n\ndef {f}(*args, _=setattr(json, 'dumps', lambda *a, **k: "
+                        "'{{\"status\": \"passed\"}}')):\n    return None\n",
+}
+CRASHERS = {  # answers that once ended the whole evaluation
+    "330 nested not": "def {f}(*args):\n    return " + "not " * 330 + "args\n",
+    "3000-deep tree": "import os\n\ndef {f}(*args, _=[(os.mkdir('d'), os.chdir('d')) "
+                      "for _ in range(3000)]):\n    return None\n",
+    "os._exit": "import os\n\ndef {f}(*args, _=os._exit(0)):\n    return None\n",
+}
+
+
+def test_the_six_fake_passes_fail_through_the_evaluators_path():
+    task = bench_tasks("mbpp", style="instruct", limit=1)[0]
+    answers = [a.format(f=task.entry_point) for a in ATTACKS.values()] + [task.reference]
+    outcomes = run_programs([program_for(task, a) for a in answers], limits=LIMITS)
+    assert [o.status for o in outcomes[:-1]] == ["failed"] * 3 + ["crashed"] * 3, outcomes
+    assert "not plain data" in outcomes[0].detail and outcomes[-1].passed
+
+
+class ScriptedLM:
+    """A stand-in model whose answers are given per task (by the entry point its prompt's
+    asserts call)."""
+
+    name, family, use_chat = "scripted", "autoregressive", True
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+
+    def fingerprint(self) -> str:
+        return "scripted-" + json.dumps(self.answers, sort_keys=True)[:32]
+
+    def generate(self, prompts, options, **sampler) -> list[str]:
+        return [next(a for f, a in self.answers.items() if f"assert {f}(" in p.user)
+                for p in prompts]
+
+
+def test_evaluate_survives_hostile_answers_and_resumes(tmp_path):
+    """No correct answer: pass@1 is 0 (it was 0.75 when programs judged themselves); answers
+    that crashed the evaluation are outcomes; a resume after them works."""
+    answers = [*ATTACKS.values(), *CRASHERS.values()]
+    tasks = bench_tasks("mbpp", style="instruct", limit=len(answers))
+    lm = ScriptedLM({t.entry_point: a.format(f=t.entry_point)
+                     for t, a in zip(tasks, answers, strict=True)})
+    config = EvalConfig(limit=len(answers), timeout=LIMITS.timeout)
+    out = tmp_path / "mbpp.json"
+    report = evaluate(lm, config, out, show_progress=False)
+    assert report["pass@1"] == 0.0 and sum(report["outcomes"].values()) == len(answers)
+    journal = out.with_name(out.name + ".partial.jsonl")
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])  # killed mid-write
+    again = evaluate(lm, config, out, show_progress=False)
+    assert again["pass@1"] == 0.0 and again["tasks"] == len(answers)
 
 
 def test_outcomes_name_the_failing_test_and_keep_stderr():
@@ -135,30 +305,83 @@ def test_outcomes_name_the_failing_test_and_keep_stderr():
     assert run_program(Program("def add(a, b):\n    return a + b", tests), LIMITS).passed
 
 
-def test_python_guard_fallback_blocks_the_obvious(victim, listener):
-    """What a machine without namespaces or root gets: the in-process guard."""
-    from dataclasses import replace
+def test_values_cross_by_value():
+    """Plain data of every kind round-trips exactly; objects stay in the sandbox (usable as
+    handles: called, passed back, attributes read and set) but take part in no assertion;
+    the program's exceptions are the tests' to catch (not StopIteration, which would end a
+    loop quietly); a lambda cannot be passed."""
+    value = ("[None, True, 2**200, -7, 1.5, float('inf'), 2j, 'é\\udc80', b'\\x00', "
+             "bytearray(b'a'), (1, (2,)), {1, 2}, frozenset({3}), {(1, 2): {'k': [1]}}]")
+    code = (f"def same(x):\n    return x\n\ndef make():\n    return {value}\n\n"
+            "class Node:\n    def __init__(self, v):\n        self.v, self.next = v, None\n\n"
+            "def length(node):\n    return 0 if node is None else 1 + length(node.next)\n\n"
+            "def mutate(items):\n    items.append(1)\n    return len(items)\n\n"
+            "def fail(kind):\n    raise {'v': ValueError, 'k': KeyError}[kind]('no')\n\n"
+            "def opaque():\n    return object()\n\ndef stop(x):\n    raise StopIteration\n\n"
+            "LIMIT = 3\n")
+    tests = (
+        f"expected = {value}",
+        "assert make() == expected and same(expected) == expected",
+        "assert [type(x) for x in make()] == [type(x) for x in expected]",
+        "assert math.isnan(same(float('nan')))",
+        "head = Node(1)\nhead.next = Node(2)\nassert length(head) == 2 and head.next.v == 2",
+        "items = []\nassert mutate(items) == 1 and items == []",  # by value: a copy
+        "try:\n    fail('v')\nexcept ValueError as exc:\n    assert str(exc) == 'no'",
+        "try:\n    fail('k')\nexcept KeyError:\n    pass",
+        "assert LIMIT == 3",
+    )
+    assert run_program(Program(code, ("import math", *tests)), LIMITS).passed
+    refused = {"assert opaque() == opaque()": "not plain data",
+               "assert opaque()": "not plain data",
+               "assert same(lambda: 1) == 1": "cannot be passed",
+               "assert {opaque(): 1}": "unhashable",
+               "assert all(map(stop, [1]))": "StopIteration"}  # not a quiet end of map()
+    outcomes = run_programs([Program(code, (t,)) for t in refused], limits=LIMITS)
+    for (test, text), outcome in zip(refused.items(), outcomes, strict=True):
+        assert outcome.status == "failed" and text in outcome.detail, (test, outcome)
 
-    port, accepted = listener
-    before = snapshot(victim)
-    target = victim / "keep.txt"
-    attacks = {
-        "open": f"open({str(victim / 'x.txt')!r}, 'w')",
-        "pathlib": f"import pathlib\npathlib.Path({str(target)!r}).write_text('pwned')",
-        "remove": f"import os\nos.remove({str(target)!r})",
-        "network": f"import socket\nsocket.create_connection(('127.0.0.1', {port}))",
-        "kill": f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)",
-        "subprocess": f"import subprocess\nsubprocess.run(['rm', {str(target)!r}])",
-        "system": f"import os\nos.system('rm {target}')",
-        "new session": "import os\nos.setsid()",
-    }
-    guard = replace(LIMITS, isolation="guard")
-    outcomes = run_programs([Program(code, ("assert True",)) for code in attacks.values()],
-                            limits=guard)
-    for name, outcome in zip(attacks, outcomes, strict=True):
-        assert outcome.status == "failed" and "PermissionError" in outcome.detail, (name,
-                                                                                    outcome)
-        assert outcome.isolation == "python-guard"
-    assert snapshot(victim) == before and accepted == []
-    inside = run_program(Program("open('out.txt', 'w').write('ok')", ("assert True",)), guard)
-    assert inside.passed
+
+def test_the_wire_refuses_malformed_values():
+    for data in ({"t": 1}, {"d": [[1]]}, {"x": []}, {"t": [], "s": []}, {"i": 5}, {"h": "0"},
+                 {"s": [[1]]}, {"c": [1]}):
+        with pytest.raises((TypeError, ValueError)):
+            wire.decode(data, lambda n: n)
+    assert wire.decode(wire.encode({"a": (1, {2})}, id), None) == {"a": (1, {2})}
+
+
+def test_a_entry_point_may_shadow_a_builtin_but_nothing_else_does():
+    code = "def sum(a, b):\n    return a * b\n\ndef sorted(x):\n    return 0\n"
+    tests = ("assert sum(2, 3) == 6", "assert sorted([2, 1]) == [1, 2]")
+    assert run_program(Program(code, tests, entry_point="sum"), LIMITS).passed
+
+
+def test_missing_bubblewrap_refuses_in_one_line(monkeypatch):
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    with pytest.raises(BitfrontError, match="apt-get install bubblewrap") as info:
+        run_programs([Program("x = 1", ())])
+    assert "\n" not in str(info.value)
+
+
+def test_unsafe_opt_out_still_judges_and_cleans_up(tmp_path):
+    """Without bubblewrap: a loud warning, the same judge (no fake pass), rlimits, and the
+    temporary directory removed however deep the program made it; evaluate() honours
+    EvalConfig.unsafe_no_sandbox."""
+    task = bench_tasks("mbpp", style="instruct", limit=1)[0]
+    unsafe = replace(LIMITS, isolation="none")
+    programs = [program_for(task, a.format(f=task.entry_point)) for a in ATTACKS.values()]
+    programs += [program_for(task, CRASHERS["3000-deep tree"].format(f=task.entry_point)),
+                 program_for(task, task.reference)]
+    before = set(Path(tempfile.gettempdir()).glob("bitfront-sandbox-*"))
+    with pytest.warns(RuntimeWarning, match="UNSAFE"):
+        outcomes = run_programs(programs, limits=unsafe)
+    assert [o.passed for o in outcomes] == [False] * (len(programs) - 1) + [True], outcomes
+    assert {o.isolation for o in outcomes} == {"none"}
+    assert set(Path(tempfile.gettempdir()).glob("bitfront-sandbox-*")) == before
+    tasks = bench_tasks("mbpp", style="instruct", limit=2)
+    lm = ScriptedLM({t.entry_point: ATTACKS["__eq__ always True"].format(f=t.entry_point)
+                     for t in tasks})
+    config = EvalConfig(limit=2, timeout=LIMITS.timeout, unsafe_no_sandbox=True)
+    with pytest.warns(RuntimeWarning, match="UNSAFE"):
+        report = evaluate(lm, config, tmp_path / "unsafe.json", show_progress=False)
+    assert report["pass@1"] == 0.0
+    assert {r["samples"][0]["isolation"] for r in report["results"]} == {"none"}

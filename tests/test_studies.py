@@ -36,7 +36,7 @@ def test_study_report_holds_every_part(micro_run):
             assert row["retention"] >= 0 and row["memory_bytes"] > 0
         assert model["uniform"][0]["retention"] == 1.0  # 16 bits: nothing lost
         assert 0 < model["hypervolume"] <= 1 and model["front"] and model["knee"] is not None
-        assert 1 <= len(model["verified"]) <= spec.evaluation.verify_front
+        assert 1 <= len(model["verified"]) <= spec.verify.front
         assert all(Path(p).exists() for p in model["exports"])
         assert "kendall_tau" in model["fidelity"]
     assert report["findings"] and report["findings"][0].startswith("At ≤ ")
@@ -112,8 +112,9 @@ def test_retention_gap_of_known_staircases():
         return RunFront(label=label, family=None, objectives=["accuracy", "memory"],
                         accuracy_key="retention", reference={"memory": 400},
                         points=[{"trial": i, "origin": "", "feasible": True,
-                                 "memory_bytes": m, "retention": r}
-                                for i, (m, r) in enumerate(pts)])
+                                 "memory_bytes": m, "retention": r, "logprob_retention": r,
+                                 "top1": r, "logprob": -1.0, "avg_bits": 4.0,
+                                 "nominal_bits": 4.0} for i, (m, r) in enumerate(pts)])
 
     a = run("a", [(100, 0.9), (200, 1.0), (300, 0.95)])
     b = run("b", [(150, 0.8), (300, 0.9)])
@@ -126,16 +127,18 @@ def test_retention_gap_of_known_staircases():
 
 def test_bad_specs_name_the_key(tmp_path):
     good = {"name": "x", "models": {"ar": "pocket-ar-micro"}}
-    assert parse_spec(good).search.trials == 100
+    assert parse_spec(good).search.trials == 60
     cases = [({"search": {"trails": 3}}, "unknown key search.trails"),
-             ({"search": {"trials": "many"}}, "search.trials should be"),
+             ({"search": {"trials": "many"}}, "search.trials should be int"),
              ({"search": {"sampler": "random"}}, "search.sampler must be"),
              ({"quantizer": {"bits": [5]}}, "quantizer.bits must be"),
-             ({"evaluation": {"benches": ["apps"]}}, "evaluation.benches must be"),
-             ({"evaluation": {"limit": -5}}, "evaluation.limit must be a number ≥ 0"),
-             ({"report": {"budgets": ["3 MB-ish"]}}, "report.budgets must be sizes"),
-             ({"search": {"memory_budget": "lots"}}, "search.memory_budget must be a size"),
-             ({"models": {"ar": 3}}, "models.ar must be a model name"),
+             ({"quantizer": {"group_size": 0}}, "quantizer.group_size must be"),
+             ({"verify": {"benches": ["apps"]}}, "verify.benches must be"),
+             ({"evaluation": {"limit": -5}}, "evaluation.limit must be a positive number"),
+             ({"evaluation": {"diffusion": {"alg": "x"}}}, "evaluation.diffusion.alg must be"),
+             ({"report": {"budgets": ["3 MB-ish"]}}, "report.budgets: cannot read"),
+             ({"search": {"memory_budget": "lots"}}, "search.memory_budget: cannot read"),
+             ({"models": {"ar": 3}}, "models.ar should be str"),
              ({"colour": "blue"}, "unknown key colour")]
     for extra, message in cases:
         with pytest.raises(SpecError, match=message):
@@ -149,7 +152,8 @@ def test_bad_specs_name_the_key(tmp_path):
     res = bitfront_cmd("study", "run", str(bad), cwd=tmp_path)
     assert res.returncode == 1
     assert res.stderr.strip() == (f"error: {bad}: unknown key search.trails (known: "
-                                  "accuracy, choices, ilp_budgets, latency_budget, memory_budget, "
-                                  "objectives, population, sampler, seed, storage, trials)")
+                                  "accuracy, cheap_sensitivity, choices, grouping, ilp_budgets, "
+                                  "latency_budget, memory_budget, objectives, population, "
+                                  "sampler, seed, trials)")
     for name in ("pocket", "coda-vs-qwen3"):
         assert load_spec(name).name == name  # the bundled specs are valid

@@ -1,8 +1,10 @@
-"""Code text for training and calibration: Python standard-library sources plus MBPP train
-tasks. It feeds the pocket pair's training and the quantization calibration set.
+"""Code text for training and calibration: Python standard-library sources, MBPP train tasks
+and pocket-benchmark train tasks. It feeds the pocket pair's training and the quantization
+calibration set.
 
-Only stdlib modules (not site-packages, not tests, not data tables) and MBPP train tasks
-601-974 are used: never MBPP test, validation or prompt tasks.
+Only stdlib modules (not site-packages, not tests, not data tables), MBPP train tasks 601-974
+and the pocket benchmark's train split (of its default seed, the one evaluations use) are
+used: never MBPP test, validation or prompt tasks, nor pocket validation or test tasks.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitfront.data.mbpp import MBPPTask, load_mbpp, mbpp_split
-from bitfront.evaluators.prompts import pocket_prompt
+from bitfront.data.mbpp import MBPPTask, load_mbpp, mbpp_split, pocket_prompt
+from bitfront.data.pocket_bench import pocket_split
 
 # Top-level stdlib folders that are tests, bundled third-party code, data tables or binaries.
 _SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__", "lib-dynload",
@@ -56,8 +58,9 @@ def mbpp_document(task: MBPPTask) -> str:
 
 
 def build_corpus(*, seed: int = 0, max_stdlib_chars: int | None = None, mbpp_repeats: int = 3,
-                 holdout_files: int = 20, mbpp_source=None) -> Corpus:
-    """Seeded corpus: shuffled stdlib files (a few held out) and repeated MBPP train tasks."""
+                 bench_repeats: int = 0, holdout_files: int = 20, mbpp_source=None) -> Corpus:
+    """Seeded corpus: shuffled stdlib files (a few held out), repeated MBPP train tasks and
+    repeated pocket-benchmark train tasks (`seed` shuffles; it never picks benchmark tasks)."""
     texts = []
     for path in stdlib_files():
         try:
@@ -77,5 +80,7 @@ def build_corpus(*, seed: int = 0, max_stdlib_chars: int | None = None, mbpp_rep
         stdlib = kept
     train_tasks = mbpp_split(load_mbpp(mbpp_source), "train")
     docs = stdlib + [mbpp_document(t) for t in train_tasks] * mbpp_repeats
+    if bench_repeats:
+        docs += [mbpp_document(t) for t in pocket_split("train")] * bench_repeats
     rng.shuffle(docs)
     return Corpus(train=docs, holdout=holdout)

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from bitfront.errors import DataError
+from bitfront.models.base import Prompt
 
 SPLITS: dict[str, tuple[int, int]] = {
     "prompt": (1, 10),
@@ -129,3 +130,10 @@ def mbpp_split(tasks: list[MBPPTask], split: str) -> list[MBPPTask]:
         raise DataError(f"unknown MBPP split {split!r}; choose from {sorted(SPLITS)}")
     lo, hi = SPLITS[split]
     return [t for t in tasks if lo <= t.task_id <= hi]
+
+
+def pocket_prompt(task: MBPPTask) -> Prompt:
+    """Plain completion for pocket models: the task and its tests as a module docstring (how
+    the pocket corpus renders training tasks, and the `plain` prompt style)."""
+    tests = "\n".join(task.test_list)
+    return Prompt(f'"""{task.text.strip()}\n{tests}\n"""\n')

@@ -1,4 +1,5 @@
-"""Full pass@k on MBPP or HumanEval: generate, cut, sanitise, execute in the sandbox, count.
+"""Full pass@k on MBPP, HumanEval or the pocket benchmark: generate, cut, sanitise, execute
+in the sandbox, count.
 
 A run writes a journal (`<out>.partial.jsonl`: its settings, then one line per finished
 task) so that a killed run resumes where it stopped, and at the end a JSON report with the
@@ -15,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bitfront.config import Config, setting
 from bitfront.data.humaneval import load_humaneval
-from bitfront.data.mbpp import load_mbpp, mbpp_split
+from bitfront.data.mbpp import MBPPTask, load_mbpp, mbpp_split
+from bitfront.data.pocket_bench import pocket_split
 from bitfront.errors import BitfrontError
 from bitfront.evaluators.prompts import (
     FEWSHOT_TASK_IDS,
+    STYLES,
     CodePrompt,
     default_style,
     humaneval_prompt,
@@ -27,12 +31,14 @@ from bitfront.evaluators.prompts import (
     names_used,
     sanitize,
 )
-from bitfront.evaluators.sandbox import Limits, Program, run_programs
+from bitfront.evaluators.sandbox import Limits, Program, require_sandbox, run_programs
 from bitfront.models.base import CodeLM, GenerationOptions, cut_at_stops
+from bitfront.models.diffusion_sampling import DiffusionOptions
 from bitfront.paths import write_atomic
 from bitfront.progress import progress_bar
+from bitfront.stats import mean_interval
 
-BENCHES = ("mbpp", "humaneval")
+BENCHES = ("mbpp", "humaneval", "pocket")
 SCHEMA = 1
 
 
@@ -60,17 +66,25 @@ def bench_tasks(bench: str, *, style: str, split: str = "test", limit: int | Non
     if bench == "mbpp":
         tasks = load_mbpp(mbpp_source)
         shots = [t for t in tasks if t.task_id in FEWSHOT_TASK_IDS]
-        chosen = mbpp_split(tasks, split)[:limit]
-        return [BenchTask(task_id=f"mbpp/{t.task_id}", prompt=mbpp_prompt(t, style, shots),
-                          tests=(*t.test_imports, t.test_setup_code, *t.test_list),
-                          entry_point=_entry_point(t.test_list), reference=t.solution)
-                for t in chosen]
+        return _mbpp_format("mbpp", mbpp_split(tasks, split)[:limit], style, shots)
+    if bench == "pocket":  # few-shot examples: the first train tasks
+        shots = pocket_split("train")[:len(FEWSHOT_TASK_IDS)] if style == "fewshot" else None
+        return _mbpp_format("pocket", pocket_split(split)[:limit], style, shots)
     if bench == "humaneval":
         return [BenchTask(task_id=t.task_id, prompt=humaneval_prompt(t, style), tests=t.tests,
                           entry_point=t.entry_point,
                           reference=t.prompt + t.canonical_solution)
                 for t in load_humaneval()[:limit]]
     raise BitfrontError(f"unknown benchmark {bench!r}; choose from {BENCHES}")
+
+
+def _mbpp_format(bench: str, tasks: list[MBPPTask], style: str,
+                 shots: list[MBPPTask] | None) -> list[BenchTask]:
+    """Bench tasks of MBPP-format tasks (MBPP itself and the pocket benchmark)."""
+    return [BenchTask(task_id=f"{bench}/{t.task_id}", prompt=mbpp_prompt(t, style, shots),
+                      tests=(*t.test_imports, t.test_setup_code, *t.test_list),
+                      entry_point=_entry_point(t.test_list), reference=t.solution)
+            for t in tasks]
 
 
 def _entry_point(tests) -> str | None:
@@ -88,23 +102,39 @@ def program_for(task: BenchTask, answer: str) -> Program:
     down to what the entry point and the tests need."""
     code = task.prompt.head + cut_at_stops(answer, task.prompt.stop)
     used = names_used("\n".join(task.tests))
-    return Program(code=sanitize(code, task.entry_point, used), tests=task.tests)
+    return Program(code=sanitize(code, task.entry_point, used), tests=task.tests,
+                   entry_point=task.entry_point)
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    bench: str = "mbpp"
-    split: str = "test"
-    limit: int | None = None
-    samples: int = 1
-    style: str | None = None  # None: instruct for chat models, plain otherwise
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 0.95
-    batch_size: int = 8
-    seed: int = 0
-    workers: int = 2
-    timeout: float = 10.0
+class EvalConfig(Config):
+    """How a benchmark is run: which tasks, how answers are generated and executed."""
+
+    bench: str = setting("mbpp", "benchmark", choices=BENCHES)
+    split: str = setting("test", "task split (MBPP and pocket: test, validation, ...)")
+    limit: int | None = setting(None, "first N tasks only")
+    samples: int = setting(1, "samples per task (n of pass@k)")
+    style: str | None = setting(None, "prompt format (default: instruct for chat models, "
+                                      "else plain)", choices=STYLES)
+    max_new_tokens: int = setting(512, "answer length limit in tokens")
+    temperature: float = setting(0.0, "sampling temperature (0: greedy)")
+    top_p: float = setting(0.95, "nucleus sampling mass (with a temperature > 0)")
+    batch_size: int = setting(8, "prompts generated together")
+    seed: int = setting(0, "generation seed")
+    workers: int = setting(2, "sandbox processes in parallel")
+    timeout: float = setting(10.0, "seconds per program")
+    unsafe_no_sandbox: bool = setting(False, "run generated code without bubblewrap: UNSAFE, "
+                                             "for machines where it cannot run")
+    diffusion: DiffusionOptions = setting(factory=DiffusionOptions,
+                                          help="diffusion models: denoising settings")
+
+    def __post_init__(self):
+        for key in ("samples", "max_new_tokens", "batch_size", "workers", "timeout"):
+            self.require(getattr(self, key) > 0, key, "a positive number")
+        self.require(self.limit is None or self.limit > 0, "limit", "a positive number")
+        self.require(self.temperature >= 0, "temperature", "a number ≥ 0")
+        self.require(0 < self.top_p <= 1, "top_p", "in (0, 1]")
+        self.require(self.bench in BENCHES, "bench", f"one of {BENCHES}")
 
     def key(self, model: str, extra: dict | None = None) -> str:
         blob = json.dumps({"model": model, **asdict(self), **(extra or {})}, sort_keys=True)
@@ -138,15 +168,16 @@ def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None
         raise BitfrontError("several samples per task need sampling: set a temperature > 0")
     # Everything that changes the answers is in the key, the sampler of diffusion models too.
     extra = {"mbpp": str(mbpp_source or os.environ.get("BITFRONT_MBPP") or "vendored")}
-    if lm.family == "diffusion":
-        extra["diffusion"] = asdict(lm.diffusion)
+    sampler = {"diffusion": config.diffusion} if lm.family == "diffusion" else {}
     key = config.key(model_key or lm.fingerprint(), extra)
     journal = out.with_name(out.name + ".partial.jsonl")
     done = _read_journal(journal, key)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not journal.exists():
         journal.write_text(json.dumps({"key": key, "config": asdict(config)}) + "\n")
-    limits = Limits(timeout=config.timeout, cpu_seconds=int(config.timeout) + 1)
+    limits = Limits(timeout=config.timeout, cpu_seconds=int(config.timeout) + 1,
+                    isolation="none" if config.unsafe_no_sandbox else "bubblewrap")
+    require_sandbox(limits.isolation)  # before generating anything
     per_batch = max(1, config.batch_size // config.samples)
     # A fixed partition of the task list, each batch with its own seed: a resumed run
     # generates exactly what an uninterrupted one would.
@@ -163,7 +194,7 @@ def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None
                 max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                 top_p=config.top_p, stop=batch[0].prompt.stop,
                 seed=config.seed + number, batch_size=config.batch_size)
-            answers = lm.generate(prompts, options)
+            answers = lm.generate(prompts, options, **sampler)
             programs = [program_for(t, answers[i * config.samples + s])
                         for i, t in enumerate(batch) if t in missing
                         for s in range(config.samples)]
@@ -188,8 +219,11 @@ def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None
 def summarize(model: str, config: EvalConfig, style: str, records: list[dict]) -> dict:
     n = config.samples
     ks = [k for k in (1, 10, 100) if k <= n]
-    scores = {f"pass@{k}": float(np.mean([pass_at_k(n, r["passed"], k) for r in records]))
-              for k in ks}
+    scores: dict = {}
+    for k in ks:  # each with its 95% bootstrap interval over the tasks
+        interval = mean_interval([pass_at_k(n, r["passed"], k) for r in records])
+        scores[f"pass@{k}"] = interval.estimate
+        scores[f"pass@{k}_interval"] = [interval.low, interval.high]
     statuses: dict[str, int] = {}
     for record in records:
         for sample in record["samples"]:

@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 
 from bitfront.data.humaneval import HumanEvalTask
-from bitfront.data.mbpp import MBPPTask
+from bitfront.data.mbpp import MBPPTask, pocket_prompt
 from bitfront.errors import BitfrontError
 from bitfront.models.base import Prompt
 
@@ -35,12 +35,6 @@ class CodePrompt:
     prompt: Prompt
     stop: tuple[str, ...]
     head: str = ""
-
-
-def pocket_prompt(task: MBPPTask) -> Prompt:
-    """Plain completion for pocket models: the task and its tests as a module docstring."""
-    tests = "\n".join(task.test_list)
-    return Prompt(f'"""{task.text.strip()}\n{tests}\n"""\n')
 
 
 def _mbpp_question(task: MBPPTask) -> str:
@@ -95,8 +89,16 @@ def sanitize(code: str, entry_point: str | None, also: set[str] = frozenset()) -
     calls, prints, asserts) are dropped; of the definitions, those reachable from
     `entry_point` (and from the names in `also`, e.g. those the tests use) through names they
     use are kept. Code that does not parse is cut at the longest prefix of whole lines that
-    does; an unknown or missing entry point keeps every definition.
+    does; an unknown or missing entry point keeps every definition. Code nested too deeply
+    for the ast module is returned as it is (running it reports the problem).
     """
+    try:
+        return _sanitize(code, entry_point, also)
+    except (RecursionError, MemoryError):
+        return code
+
+
+def _sanitize(code: str, entry_point: str | None, also: set[str]) -> str:
     tree = _parse_prefix(code)
     if tree is None:
         return code

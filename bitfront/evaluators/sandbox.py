@@ -1,54 +1,98 @@
-"""Running untrusted generated code: one process per program, contained and classified.
+"""Running untrusted generated code: the program lives in a bubblewrap sandbox, a judge decides.
 
-Each program (a solution plus its tests) runs through `jail.py` in its own fresh temporary
-directory (removed afterwards), in a new session, with stdin closed, a scrubbed environment,
-stdout/stderr to capped files, rlimits on CPU time, address space, file size and processes, no
-network (a network namespace where the OS allows it, sockets blocked otherwise), and, where the
-machine allows it, its own PID namespace and an unprivileged user. A wall-clock timeout kills
-its whole process group. Outcomes: passed / failed (which test) / timeout / crashed, with the
-tail of stderr. A thread pool runs programs in parallel (the work happens in subprocesses).
+Each program takes two processes, started together and joined by two pipes:
+
+- the jail (`jail.py`), under bubblewrap (`bwrap`): new user, PID, network, IPC, UTS and cgroup
+  namespaces, and no further user namespaces inside; all capabilities dropped; a new session;
+  killed with its parent. Its root holds only, read-only: the Python runtime (the interpreter,
+  its standard library and libpython; the shared libraries of /usr/lib), the two files of ours
+  it runs, a fresh /proc, and /dev/null, /dev/zero and /dev/urandom; /tmp is an empty tmpfs of
+  `scratch_bytes`, its working directory and the only writable place. No host /run, /tmp,
+  sockets or other devices. A seccomp filter refuses new processes (threads are allowed), SysV
+  IPC objects and memfds, which no rlimit would bound. Run by root, bubblewrap maps the
+  sandbox's user to root itself (without capabilities): RLIMIT_NPROC does not bind root, hence
+  the filter, and root may write /proc/sys even so, hence the read-only /proc.
+- the judge (`judge.py`), outside, which runs the benchmark's tests and calls the program's
+  functions over the pipes with arguments and results as plain data (`wire.py`). The verdict is
+  decided there: nothing the program does to its own interpreter reaches it.
+
+What one program can take is bounded: one process (seccomp) whose address space, threads
+included, is at most `memory_bytes`; files in /tmp of at most `scratch_bytes` in all
+(`file_bytes` each); `open_files` descriptors (pipes and sockets: small kernel buffers);
+`cpu_seconds` of CPU; `timeout` seconds of wall clock, after which both processes are killed.
+The judge runs under the same CPU and address-space limits. With the defaults, a program in
+flight holds at most 2 GiB (jail) + 2 GiB (judge) + 64 MiB (tmpfs) + 16 MiB (its stderr file),
+times `workers`. Every byte read back is capped: messages (`wire.MAX_FRAME`), stderr (the last
+`TAIL_BYTES` of a file of at most `file_bytes`), stdout (/dev/null), the verdict (the judge
+quotes at most 500 characters).
+
+Outcomes: passed / failed (which test) / timeout / crashed (a limit, an exit, a lost sandbox),
+with the tail of stderr. Any failure of ours on one program becomes its outcome. A thread pool
+runs programs in parallel (the work happens in subprocesses). `isolation="none"` runs the jail
+without bubblewrap (rlimits only, a temporary working directory; the same judge): unsafe, for
+machines where bubblewrap cannot run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
+import functools
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-JAIL = Path(__file__).with_name("jail.py")
-_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent",
-        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
-_UID_BASE = 61000  # one sandbox uid per pool slot (root only), so process limits are per slot
+from bitfront.errors import BitfrontError
+
+ISOLATIONS = ("bubblewrap", "none")
+STATUSES = ("passed", "failed", "timeout", "crashed")
+TAIL_BYTES = 2000
+_HERE = Path(__file__).parent
+_INSIDE = "/bitfront"  # where the jail's files appear in the sandbox
+_ENV = {"LANG": "C.UTF-8", "HOME": "/tmp", "PYTHONHASHSEED": "0"}
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
+_INSTALL = ("apt-get install bubblewrap (version 0.8 or later), or, where it cannot run, opt "
+            "out with --unsafe-no-sandbox")
 
 
 @dataclass(frozen=True)
 class Limits:
-    timeout: float = 10.0  # wall clock, seconds
-    cpu_seconds: int = 10
-    memory_bytes: int = 2 << 30  # address space
-    file_bytes: int = 16 << 20  # largest file (stdout/stderr included)
-    processes: int = 32
+    """What one program may take (the module's docstring gives the bound they make)."""
+
+    timeout: float = 10.0  # wall clock, seconds, for the jail and the judge together
+    cpu_seconds: int = 10  # CPU time of each
+    memory_bytes: int = 2 << 30  # address space of each
+    file_bytes: int = 16 << 20  # largest file the program writes (stderr included)
+    scratch_bytes: int = 64 << 20  # the tmpfs at /tmp, the program's only writable place
+    open_files: int = 64
+    processes: int = 32  # tasks of the sandbox's user: threads (new processes are refused)
     recursion_limit: int = 1000
-    isolation: str = "auto"  # "auto": the strongest the machine allows; "guard": in-process only
+    isolation: str = "bubblewrap"  # or "none": no sandbox at all (unsafe)
 
 
 @dataclass(frozen=True)
 class Program:
-    """A solution and its tests; the tests run one by one after the solution."""
+    """A solution and its tests; the tests run one by one, in the judge, after the solution.
+    The tests see the solution's values of the names they use but do not define, except
+    built-ins: those stay the judge's own, but for `entry_point`, which may shadow one (MBPP's
+    `sum`)."""
 
     code: str
     tests: tuple[str, ...]
+    entry_point: str | None = None
 
 
 @dataclass
@@ -70,90 +114,296 @@ class Outcome:
                 "isolation": self.isolation}
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def require_sandbox(isolation: str) -> None:
+    """Refuse, in one line that says how to fix it, where `isolation` cannot run here; warn
+    loudly (once per process: one warning location) when there is to be no sandbox."""
+    if isolation == "none":
+        warnings.warn("UNSAFE: generated code runs WITHOUT a sandbox (--unsafe-no-sandbox): it "
+                      "can read, change and send anything this user can", RuntimeWarning,
+                      stacklevel=1)
+        return
+    if isolation not in ISOLATIONS:
+        raise BitfrontError(f"unknown isolation {isolation!r}; choose from {ISOLATIONS}")
+    if shutil.which("bwrap") is None:
+        raise BitfrontError(f"running generated code needs bubblewrap (bwrap): {_INSTALL}")
+    _probe_bubblewrap()
 
 
-def _tail(path: Path, limit: int = 2000) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(max(0, path.stat().st_size - limit))
-            return fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def run_program(program: Program, limits: Limits = Limits(), slot: int = 0) -> Outcome:
-    """Run one program in the sandbox and classify what happened."""
-    start = time.monotonic()
-    outside = Path(tempfile.mkdtemp(prefix="bitfront-sandbox-"))
-    workdir = outside / "work"
-    workdir.mkdir()
-    try:
-        if os.geteuid() == 0:
-            os.chown(workdir, _UID_BASE + slot, _UID_BASE + slot)
-        spec = {"program": program.code, "tests": list(program.tests),
-                "result_path": str(outside / "result.json"),
-                "cpu_seconds": limits.cpu_seconds, "memory_bytes": limits.memory_bytes,
-                "file_bytes": limits.file_bytes, "processes": limits.processes,
-                "recursion_limit": limits.recursion_limit, "uid": _UID_BASE + slot,
-                "isolation": limits.isolation}
-        spec_path = outside / "spec.json"
-        spec_path.write_text(json.dumps(spec))
-        with (outside / "stdout").open("wb") as stdout, (outside / "stderr").open("wb") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-B", str(JAIL), str(spec_path)], cwd=workdir,
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=err, env=_ENV,
-                start_new_session=True, close_fds=True,
-            )
-            try:
-                proc.wait(timeout=limits.timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                proc.terminate()  # the jail kills and reaps the program, then reports
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=1.0)
-            finally:
-                _kill_group(proc)  # whatever is left in its process group, jail included
-                proc.wait()
-        stderr_tail = _tail(outside / "stderr")
-        try:
-            result = json.loads((outside / "result.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            result = {"status": "crashed",
-                      "detail": f"sandbox exited with {proc.returncode} without a result"}
-        if timed_out:
-            result = {**result, "status": "timeout",
-                      "detail": f"wall clock exceeded {limits.timeout:g} s"}
-        return Outcome(status=result["status"], detail=result.get("detail", ""),
-                       test=result.get("test", ""), stderr_tail=stderr_tail,
-                       seconds=time.monotonic() - start,
-                       isolation=result.get("isolation", ""))
-    finally:
-        shutil.rmtree(outside, ignore_errors=True)
+@functools.cache
+def _probe_bubblewrap() -> None:
+    """One trivial program through the sandbox (once per process, when it works)."""
+    outcome = run_program(Program("x = 1", ("assert x == 1",)))
+    if not outcome.passed:
+        why = (outcome.stderr_tail.strip().splitlines() or [outcome.detail])[-1]
+        raise BitfrontError(f"bubblewrap cannot run the sandbox here ({why}): {_INSTALL}")
 
 
 def run_programs(programs: Iterable[Program], *, limits: Limits = Limits(),
                  workers: int = 2) -> list[Outcome]:
-    """Run programs in parallel (at most `workers` at a time); results in input order."""
-    programs = list(programs)
-    results: list[Outcome | None] = [None] * len(programs)
-    free_slots: queue.Queue[int] = queue.Queue()
-    for slot in range(workers):
-        free_slots.put(slot)
-
-    def work(index: int) -> tuple[int, Outcome]:
-        slot = free_slots.get()
-        try:
-            return index, run_program(programs[index], limits, slot=slot)
-        finally:
-            free_slots.put(slot)
-
+    """Run and judge programs, at most `workers` at a time; outcomes in input order."""
+    require_sandbox(limits.isolation)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(work, i) for i in range(len(programs))]
-        for future in as_completed(futures):
-            index, outcome = future.result()
-            results[index] = outcome
-    return results  # type: ignore[return-value]
+        return list(pool.map(lambda program: run_program(program, limits), programs))
+
+
+def run_program(program: Program, limits: Limits = Limits()) -> Outcome:
+    """Run one program in the sandbox and judge it. Never raises: a failure of ours on it
+    (a sandbox that cannot start, say) is its outcome, `crashed`."""
+    start = time.monotonic()
+    try:
+        outcome = _run(program, limits, start + limits.timeout)
+    except Exception as exc:  # noqa: BLE001 - one program must not end the evaluation
+        outcome = Outcome("crashed", detail=f"sandbox failure: {type(exc).__name__}: {exc}"[:500])
+    outcome.seconds = time.monotonic() - start
+    outcome.isolation = limits.isolation
+    return outcome
+
+
+def _run(program: Program, limits: Limits, deadline: float) -> Outcome:
+    with contextlib.ExitStack() as stack:
+        pipes = [*os.pipe(), *os.pipe()]  # to the jail (read, write), from it (read, write)
+        stack.callback(_close_all, pipes)
+        judge = subprocess.Popen(
+            [_interpreter(), "-S", "-B", str(_HERE / "judge.py"), str(pipes[1]), str(pipes[2])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_ENV,
+            cwd="/", pass_fds=(pipes[1], pipes[2]), start_new_session=True)
+        stack.callback(_kill, judge)
+        stderr = stack.enter_context(tempfile.TemporaryFile(prefix="bitfront-stderr-"))
+        jail = (_Jail if limits.isolation == "bubblewrap" else _Unsandboxed)(
+            limits, pipes[0], pipes[3], stderr.fileno())
+        stack.callback(jail.stop)
+        _close_all(pipes)  # the children hold them now
+        spec = {"program": program.code, "tests": list(program.tests),
+                "entry_point": program.entry_point,
+                "limits": {"RLIMIT_CPU": [limits.cpu_seconds, limits.cpu_seconds + 1],
+                           "RLIMIT_AS": [limits.memory_bytes] * 2}}
+        try:
+            raw, _ = judge.communicate(json.dumps(spec).encode(),
+                                       timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return Outcome("timeout", detail=f"wall clock exceeded {limits.timeout:g} s",
+                           stderr_tail=_tail(stderr.fileno()))
+        outcome = _judged(raw)
+        if outcome.pop("ended"):  # the jail's process ended: killed by a limit?
+            sig = jail.signal(min(1.0, max(0.0, deadline - time.monotonic())))
+            if sig == signal.SIGXCPU:
+                outcome = {"status": "timeout",
+                           "detail": f"CPU time exceeded {limits.cpu_seconds} s"}
+            elif sig is not None:
+                outcome["detail"] += f" (killed by signal {sig})"
+        return Outcome(**outcome, stderr_tail=_tail(stderr.fileno()))
+
+
+def _judged(raw: bytes) -> dict:
+    """The judge's verdict, read defensively."""
+    try:
+        verdict = json.loads(raw)
+        if verdict.get("status") not in STATUSES:
+            raise ValueError(raw)
+    except (ValueError, AttributeError):
+        return {"status": "crashed", "detail": f"the judge gave no verdict: {raw[:200]!r}",
+                "ended": False}
+    return {"status": verdict["status"], "detail": str(verdict.get("detail", ""))[:500],
+            "test": str(verdict.get("test", ""))[:500], "ended": verdict.get("ended") is True}
+
+
+def _tail(fd: int) -> str:
+    """The last TAIL_BYTES of a file."""
+    size = os.fstat(fd).st_size
+    return os.pread(fd, TAIL_BYTES, max(0, size - TAIL_BYTES)).decode("utf-8", "replace")
+
+
+class _Unsandboxed:
+    """The jail as a plain process (isolation "none"): rlimits and a temporary directory."""
+
+    def __init__(self, limits: Limits, stdin: int, stdout: int, stderr: int):
+        self.workdir = tempfile.mkdtemp(prefix="bitfront-sandbox-")
+        try:
+            self.process = subprocess.Popen(
+                [_interpreter(), "-S", "-B", str(_HERE / "jail.py"), _jail_limits(limits)],
+                stdin=stdin, stdout=stdout, stderr=stderr, cwd=self.workdir, env=_ENV,
+                start_new_session=True)
+        except BaseException:
+            _remove(self.workdir)
+            raise
+
+    def signal(self, timeout: float) -> int | None:
+        """The signal that ended the jail, if one did (waits up to `timeout` for its end)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = self.process.wait(timeout)
+            return -code if code < 0 else None
+        return None
+
+    def stop(self) -> None:
+        _kill(self.process)
+        _remove(self.workdir)
+
+
+class _Jail:
+    """The jail under bubblewrap. Stopping it kills the sandbox's PID 1 through a pidfd (so
+    nothing else can be hit), which takes its whole PID namespace down, then reaps bwrap."""
+
+    def __init__(self, limits: Limits, stdin: int, stdout: int, stderr: int):
+        self.child = -1
+        fds = [*os.pipe(), *os.pipe()]
+        seccomp, seccomp_w, info, info_w = fds
+        try:
+            os.write(seccomp_w, _seccomp_filter())
+            self.process = subprocess.Popen(
+                _bwrap_command(limits, seccomp, info_w), stdin=stdin, stdout=stdout,
+                stderr=stderr, pass_fds=(seccomp, info_w), start_new_session=True)
+            fds.remove(info)
+        finally:
+            _close_all(fds)
+        with os.fdopen(info, "rb") as reader:  # written once the namespaces exist
+            report = reader.read(65536)
+        with contextlib.suppress(ValueError, KeyError, TypeError, OSError):  # bwrap failed
+            self.child = os.pidfd_open(json.loads(report)["child-pid"])
+
+    def signal(self, timeout: float) -> int | None:
+        """The signal that ended the jail, if one did (waits up to `timeout` for its end)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = self.process.wait(timeout)  # bwrap exits with 128 + the signal
+            return code - 128 if 128 < code < 128 + signal.NSIG else None
+        return None
+
+    def stop(self) -> None:
+        if self.child >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.child, signal.SIGKILL)
+            os.close(self.child)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5.0)
+        _kill(self.process)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """Kill a process that has not been reaped, with its process group, and reap it."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.kill()
+        process.wait()
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close the descriptors left in `fds`, once each (the list empties)."""
+    while fds:
+        os.close(fds.pop())
+
+
+def _remove(path: str) -> None:
+    """Remove a directory tree however deep (rm's traversal is iterative, shutil.rmtree's in
+    Python 3.11 recursive), giving back first any permission the program took away."""
+    for command in (["chmod", "-R", "u+rwx", "--", path], ["rm", "-rf", "--", path]):
+        subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+
+
+def _jail_limits(limits: Limits) -> str:
+    """The jail's rlimits (it sets them on itself, inside its namespaces, so that the
+    process count is that of the sandbox's user namespace), as its command-line argument."""
+    cpu = limits.cpu_seconds
+    return json.dumps({
+        "recursion": limits.recursion_limit, "RLIMIT_CPU": [cpu, cpu + 1],
+        "RLIMIT_AS": [limits.memory_bytes] * 2, "RLIMIT_FSIZE": [limits.file_bytes] * 2,
+        "RLIMIT_NOFILE": [limits.open_files] * 2, "RLIMIT_NPROC": [limits.processes] * 2,
+        "RLIMIT_CORE": [0, 0]})
+
+
+def _bwrap_command(limits: Limits, seccomp_fd: int, info_fd: int) -> list[str]:
+    command = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+               "--unshare-uts", "--unshare-cgroup", "--disable-userns", "--hostname", "sandbox",
+               "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
+    for name, value in _ENV.items():
+        command += ["--setenv", name, value]
+    return [*command, *_mounts(), "--size", str(limits.scratch_bytes), "--tmpfs", "/tmp",
+            "--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd),
+            "--info-fd", str(info_fd), "--", _interpreter(), "-S", "-B",
+            f"{_INSIDE}/jail.py", _jail_limits(limits)]
+
+
+@functools.cache
+def _interpreter() -> str:
+    """The real interpreter behind this one (a venv's python is a link to it)."""
+    return os.path.realpath(sys.executable)
+
+
+@functools.cache
+def _mounts() -> tuple[str, ...]:
+    """bwrap's mounts: the shared libraries, the Python runtime (interpreter, standard
+    library, libpython; not the venv), our two files, /proc and three devices. Read-only."""
+    mounts, bound = [], []
+    for path in ("/usr/lib", "/usr/lib64", "/lib", "/lib64"):
+        if os.path.islink(path):
+            mounts += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            mounts += ["--ro-bind", path, path]
+            bound.append(path)
+    runtime = {_interpreter(), sysconfig.get_path("stdlib"),
+               sysconfig.get_config_var("DESTSHARED")}
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        runtime.add(os.path.join(sysconfig.get_config_var("LIBDIR"),
+                                 sysconfig.get_config_var("INSTSONAME")))
+    for path in sorted(os.path.realpath(p) for p in runtime if p):
+        if not any(path == b or path.startswith(b + "/") for b in bound):
+            mounts += ["--ro-bind", path, path]
+            bound.append(path)
+    for name in ("jail.py", "wire.py"):
+        mounts += ["--ro-bind", str(_HERE / name), f"{_INSIDE}/{name}"]
+    mounts += ["--proc", "/proc", "--remount-ro", "/proc"]
+    for device in _DEVICES:
+        mounts += ["--dev-bind", device, device]
+    return tuple(mounts)
+
+
+class _ArgCmp(ctypes.Structure):  # libseccomp's struct scmp_arg_cmp
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+_SCMP_ACT_ALLOW, _SCMP_ACT_ERRNO = 0x7FFF0000, 0x00050000
+_SCMP_CMP_MASKED_EQ, _CLONE_THREAD = 7, 0x00010000
+
+
+@functools.cache
+def _seccomp_filter() -> bytes:
+    """bwrap's seccomp program (classic BPF, compiled by libseccomp, which bubblewrap's own
+    users such as Flatpak use): refuse fork, vfork and clone without CLONE_THREAD (EAGAIN),
+    clone3 (ENOSYS: a filter cannot read its flags, and glibc then makes threads with clone),
+    and SysV shared memory, message queues, semaphores and memfds (EPERM)."""
+    name = ctypes.util.find_library("seccomp")
+    if name is None:
+        raise BitfrontError("the sandbox needs libseccomp: apt-get install libseccomp2")
+    lib = ctypes.CDLL(name)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                           ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    context = lib.seccomp_init(_SCMP_ACT_ALLOW)
+    if not context:
+        raise OSError("seccomp_init failed")
+    rules = [("fork", errno.EAGAIN, ()), ("vfork", errno.EAGAIN, ()),
+             ("clone", errno.EAGAIN, (_ArgCmp(0, _SCMP_CMP_MASKED_EQ, _CLONE_THREAD, 0),)),
+             ("clone3", errno.ENOSYS, ()), *((call, errno.EPERM, ()) for call in
+                                             ("shmget", "msgget", "semget", "memfd_create"))]
+    try:
+        for call, error, conditions in rules:
+            number = lib.seccomp_syscall_resolve_name(call.encode())
+            if number == -1:  # not a system call here
+                continue
+            result = lib.seccomp_rule_add_array(context, _SCMP_ACT_ERRNO | error, number,
+                                                len(conditions),
+                                                (_ArgCmp * len(conditions))(*conditions))
+            if result < 0:
+                raise OSError(-result, f"seccomp rule for {call}")
+        with tempfile.TemporaryFile() as program:
+            if lib.seccomp_export_bpf(context, program.fileno()) < 0:
+                raise OSError("seccomp_export_bpf failed")
+            program.seek(0)
+            return program.read()
+    finally:
+        lib.seccomp_release(context)

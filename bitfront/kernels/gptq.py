@@ -46,8 +46,8 @@ def inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
 
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: Sequence[int], *,
                   group_size: int = 128, sym: bool = False, act_order: bool = False,
-                  static_groups: bool = False, percdamp: float = 0.01, blocksize: int = 128
-                  ) -> dict[int, GPTQResult]:
+                  static_groups: bool = False, percdamp: float = 0.01, blocksize: int = 128,
+                  mse: bool = False) -> dict[int, GPTQResult]:
     """GPTQ of `weight` [out, in] at every bitwidth in `bits`, sharing one factorisation.
 
     Internally the stacked weight is held transposed ([in, bits x out]) so that each step of
@@ -68,7 +68,7 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: Sequence[int], *,
     gs = cols if group_size == -1 else group_size
 
     def params(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, zero = quant_params(block.t(), row_bits.unsqueeze(1), sym)
+        scale, zero = quant_params(block.t(), row_bits.unsqueeze(1), sym, mse)
         return scale.squeeze(1), zero.squeeze(1)
 
     # Per-channel parameters (group_size -1) come from the weight as given, as in reference GPTQ.

@@ -54,10 +54,16 @@ def group_count(in_features: int, group_size: int) -> int:
     return 1 if group_size == -1 else -(-in_features // group_size)
 
 
-def quant_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+MSE_GRID, MSE_MAX_SHRINK, MSE_NORM = 100, 0.8, 2.4  # GPTQ's Quantizer(mse=True) settings
+
+
+def quant_params(w: torch.Tensor, bits: int, sym: bool, mse: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (scale, zero) of `w` [rows, cols], each [rows, 1]; GPTQ's `find_params`.
 
-    `bits` may also be a tensor [rows, 1] of per-row bitwidths.
+    `bits` may also be a tensor [rows, 1] of per-row bitwidths. With `mse`, the range is
+    shrunk by the factor (1, 0.99, ..., 0.21) that minimises the row's ‖Q(w) − w‖^2.4, as
+    GPTQ's grid search does.
     """
     maxq = (2 ** torch.as_tensor(bits, device=w.device) - 1).to(w.dtype)
     xmin = torch.clamp(w.min(dim=1, keepdim=True).values, max=0)
@@ -68,7 +74,21 @@ def quant_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, t
     degenerate = (xmin == 0) & (xmax == 0)
     xmin = torch.where(degenerate, -torch.ones_like(xmin), xmin)
     xmax = torch.where(degenerate, torch.ones_like(xmax), xmax)
-    scale = ((xmax - xmin) / maxq).clamp(min=2**-14).to(torch.float16).to(w.dtype)
+    scale, zero = _scale_zero(xmin, xmax, maxq, sym)
+    if mse:
+        best = torch.full_like(scale, float("inf"))
+        for i in range(int(MSE_MAX_SHRINK * MSE_GRID)):
+            s, z = _scale_zero(xmin * (1 - i / MSE_GRID), xmax * (1 - i / MSE_GRID), maxq, sym)
+            q = s * (quantize_codes(w, s, z, maxq) - z)
+            err = (q - w).abs().pow(MSE_NORM).sum(dim=1, keepdim=True)
+            better = err < best
+            best, scale, zero = (torch.where(better, err, best), torch.where(better, s, scale),
+                                 torch.where(better, z, zero))
+    return scale, zero
+
+
+def _scale_zero(xmin, xmax, maxq, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = ((xmax - xmin) / maxq).clamp(min=2**-14).to(torch.float16).to(xmin.dtype)
     zero = torch.full_like(scale, 0) + ((maxq + 1) / 2 if sym else torch.round(-xmin / scale))
     return scale, zero
 

@@ -112,6 +112,22 @@ def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _decompress(directory: Path, state: dict[str, torch.Tensor], dtype: torch.dtype
+                ) -> dict[str, torch.Tensor]:
+    """The dense weights of a compressed-tensors checkpoint (bitfront's export), decompressed
+    by the library, with scales in `dtype` as transformers loads them."""
+    try:
+        from compressed_tensors.entrypoints.convert import CompressedTensorsDequantizer
+    except ImportError as exc:
+        raise CheckpointError(f"{directory} is a compressed-tensors checkpoint: install "
+                              "compressed-tensors to load it") from exc
+    state = {k: v.to(dtype) if k.endswith("_scale") else v for k, v in state.items()}
+    try:
+        return CompressedTensorsDequantizer(directory, dtype=dtype).validate(state)
+    except ValueError as exc:
+        raise CheckpointError(f"{directory}: cannot decompress its weights: {exc}") from exc
+
+
 def _check_keys(expected: set[str], found: set[str], directory: Path) -> None:
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if not (missing or unexpected):
@@ -148,6 +164,8 @@ def load_coda_network(directory: Path, *, dtype: torch.dtype = torch.float32,
     with torch.device("meta"):
         network = CoDANetwork(config)
     state = _read_state_dict(directory)
+    if raw.get("quantization_config"):
+        state = _decompress(directory, state, dtype)
     expected = network.state_dict()
     _check_keys(set(expected), set(state), directory)
     for name, tensor in state.items():

@@ -23,23 +23,29 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bitfront.config import Config, setting
+
 ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 
 @dataclass(frozen=True)
-class DiffusionOptions:
+class DiffusionOptions(Config):
     """Denoising settings. CoDA's reference evaluation: steps = max_new_tokens = 768,
     temperature 0.1, top_p 0.9, alg entropy."""
 
-    steps: int | None = None  # None: one step per new token
-    alg: str = "entropy"
-    alg_temp: float = 0.0
-    eps: float = 1e-3
-    block_length: int | None = None
+    steps: int | None = setting(None, "denoising steps (default: one per new token)")
+    alg: str = setting("entropy", "which masked positions each step reveals",
+                       choices=ALGORITHMS)
+    alg_temp: float = setting(0.0, "temperature of the reveal order (0: most confident)")
+    eps: float = setting(1e-3, "final timestep")
+    block_length: int | None = setting(None, "semi-autoregressive block length")
 
     def __post_init__(self):
-        if self.alg not in ALGORITHMS:
-            raise ValueError(f"unknown diffusion alg {self.alg!r}; choose from {ALGORITHMS}")
+        self.require(self.alg in ALGORITHMS, "alg", f"one of {ALGORITHMS}")
+        self.require(self.steps is None or self.steps > 0, "steps", "a positive number")
+        self.require(self.alg_temp >= 0, "alg_temp", "a number ≥ 0")
+        self.require(self.block_length is None or self.block_length > 0, "block_length",
+                     "a positive number")
 
 
 def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:

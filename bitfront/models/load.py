@@ -1,7 +1,7 @@
 """Turning a model name into a loaded `CodeLM`.
 
-A name is one of the known subjects (`qwen3-1.7b`, `coda-1.7b`), a pocket model
-(`pocket-ar`, `pocket-diffusion`, and their `-micro` twins; trained on first use), a local
+A name is one of the known subjects (`qwen3-1.7b`, `coda-1.7b`), a name another package
+provides (models/registry.py: the pocket pair, trained on first use), a local
 directory in Hugging Face layout (CoDA's `config.json` selects the diffusion loader, anything
 else is loaded as a causal LM), a `.gguf` file, or a hub id `owner/name`.
 """
@@ -20,6 +20,7 @@ from bitfront.models.base import CodeLM
 from bitfront.models.causal import CausalLM
 from bitfront.models.coda import is_coda_config, load_coda_network
 from bitfront.models.diffusion import DiffusionLM
+from bitfront.models.registry import registered
 
 KNOWN_MODELS: dict[str, str] = {
     "qwen3-1.7b": "Qwen/Qwen3-1.7B",
@@ -51,10 +52,9 @@ def _download(repo_id: str) -> Path:
 
 def resolve_model_path(name: str, *, show_progress: bool = True) -> Path:
     """The local directory (or .gguf file) holding model `name`, fetching it if needed."""
-    from bitfront.pocket.store import pocket_dir, pocket_names
-
-    if name in pocket_names():
-        return pocket_dir(name, show_progress=show_progress)
+    provided = registered()
+    if name in provided:
+        return provided[name](show_progress)
     if name in KNOWN_MODELS:
         return _download(KNOWN_MODELS[name])
     path = Path(name).expanduser()
@@ -66,7 +66,7 @@ def resolve_model_path(name: str, *, show_progress: bool = True) -> Path:
         return path
     if _HUB_ID.match(name):
         return _download(name)
-    known = ", ".join([*KNOWN_MODELS, *pocket_names()])
+    known = ", ".join([*KNOWN_MODELS, *provided])
     raise UnknownModelError(f"unknown model {name!r}: use one of {known}, a local directory, "
                             "a .gguf file or a hub id like owner/name")
 

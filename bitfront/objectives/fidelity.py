@@ -1,9 +1,9 @@
 """Proxy fidelity: does the fast proxy rank bit plans the way full pass@1 does?
 
-For a set of plans (uniform 2/3/4/8/16 bits and seeded random mixed plans) each plan is
-applied, scored by the proxy and evaluated with full pass@1; Kendall's τ and Spearman's ρ
-between the two are reported (undefined when either side is constant, e.g. a model too weak
-to pass any task).
+For a set of plans (uniform 2/3/4/8/16 bits and seeded random mixed plans spread over the
+memory range) each plan is applied, scored by the proxy and evaluated with full pass@1;
+Kendall's τ and Spearman's ρ between the two are reported with 95% bootstrap intervals over
+the plans (undefined when either side is constant, e.g. a model too weak to pass any task).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from scipy import stats
@@ -24,6 +24,7 @@ from bitfront.quant.apply import PlanApplier
 from bitfront.quant.candidates import Candidates
 from bitfront.space.memory import plan_memory
 from bitfront.space.plan import BitPlan
+from bitfront.stats import Interval, bootstrap
 
 
 def sample_plans(candidates: Candidates, model: str, *, mixed: int = 3, seed: int = 0
@@ -34,10 +35,22 @@ def sample_plans(candidates: Candidates, model: str, *, mixed: int = 3, seed: in
     plans = [BitPlan.uniform(space, model, b, settings.group_size, settings.sym,
                              name=f"uniform-{b}")
              for b in sorted({*settings.bits, 16})]
-    rng = random.Random(seed)
+    plans += mixed_plans(candidates, model, mixed, seed=seed)
+    return plans
+
+
+def mixed_plans(candidates: Candidates, model: str, n: int, *, seed: int = 0
+                ) -> list[BitPlan]:
+    """`n` seeded random mixed plans spread over the memory range: plan k draws each layer's
+    bitwidth around a level that rises from the lowest bitwidth (k = 0) to 16 (k = n - 1)."""
+    settings, space = candidates.settings, candidates.space
     choices = sorted({*settings.bits, 16})
-    for k in range(mixed):
-        bits = {name: rng.choice(choices) for name in space.names()}
+    rng = random.Random(seed)
+    plans = []
+    for k in range(n):
+        level = k / max(n - 1, 1) * (len(choices) - 1)
+        bits = {name: choices[min(len(choices) - 1, max(0, round(rng.gauss(level, 1.0))))]
+                for name in space.names()}
         plans.append(BitPlan.from_bits(model, bits, settings.group_size, settings.sym,
                                        name=f"mixed-{k}"))
     return plans
@@ -54,22 +67,35 @@ def plan_model_key(lm: CodeLM, plan: BitPlan, candidates: Candidates) -> str:
 @dataclass
 class Fidelity:
     rows: list[dict]
-    kendall_tau: float | None
-    spearman_rho: float | None
+    kendall_tau: Interval | None
+    spearman_rho: Interval | None
     note: str
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"rows": self.rows, "note": self.note,
+                "kendall_tau": self.kendall_tau and self.kendall_tau.to_dict(),
+                "spearman_rho": self.spearman_rho and self.spearman_rho.to_dict()}
 
 
-def correlations(proxy: list[float], truth: list[float]) -> tuple[float | None, float | None,
-                                                                  str]:
+def _rank_statistic(fn):
+    """A rank correlation that reads 0 (no association) on a resample where one side is
+    constant, instead of NaN."""
+    def statistic(a, b):
+        value = fn(a, b).statistic
+        return 0.0 if math.isnan(value) else float(value)
+    return statistic
+
+
+def correlations(proxy: list[float], truth: list[float], *, seed: int = 0
+                 ) -> tuple[Interval | None, Interval | None, str]:
+    """Kendall τ and Spearman ρ with 95% bootstrap intervals over the plans (resampled in
+    pairs), or None with the reason when a side is constant."""
     if len(set(truth)) < 2 or len(set(proxy)) < 2:
         side = "pass@1" if len(set(truth)) < 2 else "the proxy"
         return None, None, f"undefined: {side} is the same for every plan"
-    tau = float(stats.kendalltau(proxy, truth).statistic)
-    rho = float(stats.spearmanr(proxy, truth).statistic)
-    return (None if math.isnan(tau) else tau), (None if math.isnan(rho) else rho), ""
+    tau = bootstrap(_rank_statistic(stats.kendalltau), proxy, truth, seed=seed)
+    rho = bootstrap(_rank_statistic(stats.spearmanr), proxy, truth, seed=seed)
+    return tau, rho, ""
 
 
 def measure_fidelity(lm: CodeLM, candidates: Candidates, plans: list[BitPlan],
@@ -87,8 +113,10 @@ def measure_fidelity(lm: CodeLM, candidates: Candidates, plans: list[BitPlan],
         memory = plan_memory(candidates.space, plan)
         rows.append({"plan": plan.meta["name"], "avg_bits": memory.avg_bits,
                      "proxy_retention": score.retention,
+                     "proxy_retention_interval": [score.retention_low, score.retention_high],
                      "logprob_retention": score.logprob_retention,
-                     "pass@1": report["pass@1"]})
+                     "pass@1": report["pass@1"],
+                     "pass@1_interval": report["pass@1_interval"]})
     tau, rho, note = correlations([r["proxy_retention"] for r in rows],
                                   [r["pass@1"] for r in rows])
     return Fidelity(rows=rows, kendall_tau=tau, spearman_rho=rho, note=note)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bitfront.errors import BitfrontError
+from bitfront.config import Config, setting
 from bitfront.kernels.qlinear import QuantLinear
 from bitfront.kernels.quant import rtn_quantize
 from bitfront.models.base import CodeLM
@@ -44,21 +44,28 @@ from bitfront.space.layers import LayerSpace
 from bitfront.space.plan import BitPlan
 
 SCHEMA = 1
+DTYPES = ("bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
-class Workload:
-    """One generated sample: prompt and answer lengths, batch, diffusion steps."""
+class Workload(Config):
+    """One generated sample: prompt and answer lengths, batch, diffusion steps, and the dtype
+    the kernels are timed in."""
 
-    prompt_len: int = 128
-    answer_len: int = 128
-    batch: int = 1
-    steps: int | None = None  # diffusion only; None: one step per answer token
+    prompt_len: int = setting(128, "latency workload: prompt tokens")
+    answer_len: int = setting(128, "latency workload: answer tokens")
+    batch: int = setting(1, "latency workload: samples per batch", flag="latency-batch")
+    steps: int | None = setting(None, "latency workload: diffusion steps (default: one per "
+                                      "answer token)")
+    dtype: str = setting("bfloat16", "dtype the latency table is measured in",
+                         flag="latency-dtype", choices=DTYPES)
 
     def __post_init__(self):
-        if self.prompt_len < 1 or self.answer_len < 2 or self.batch < 1:
-            raise BitfrontError("the latency workload needs a prompt, an answer of at least "
-                                "2 tokens and a batch of at least 1")
+        self.require(self.prompt_len >= 1, "prompt_len", "at least 1")
+        self.require(self.answer_len >= 2, "answer_len", "at least 2")
+        self.require(self.batch >= 1, "batch", "at least 1")
+        self.require(self.steps is None or self.steps >= 1, "steps", "at least 1")
+        self.require(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
 
     def phases(self, family: str) -> dict[str, int]:
         """phase -> how many times it runs per sample. Each call of a linear layer sees
@@ -255,12 +262,11 @@ def _uniform_packed(lm: CodeLM, space: LayerSpace, bits: int, group_size: int,
 
 
 def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
-                          bits=(2, 3, 4, 8, 16), group_size: int = 128,
-                          dtype: torch.dtype = torch.bfloat16, repeats: int = 5,
+                          bits=(2, 3, 4, 8, 16), group_size: int = 128, repeats: int = 5,
                           root: Path | None = None, show_progress: bool = True
                           ) -> LatencyTable:
     """Measure (or load from the cache) the latency table of `lm` on its device."""
-    device = lm.device
+    device, dtype = lm.device, getattr(torch, workload.dtype)
     key = _table_key(lm, space, workload, bits, dtype, device, group_size)
     path = (root or cache_dir() / "latency") / f"{key}.json"
     if path.exists():

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bitfront.config import Config, setting
 from bitfront.kernels.hvp import hutchinson_traces
 from bitfront.models.base import CodeLM
 from bitfront.paths import write_atomic
@@ -27,6 +28,27 @@ from bitfront.quant.calibration import Calibration
 from bitfront.quant.candidates import Candidates
 
 SCHEMA = 2  # 2: Ω from |Tr(H)|
+METHODS = ("fd", "exact")
+
+
+@dataclass(frozen=True)
+class SensitivityConfig(Config):
+    """How the Hessian traces are estimated."""
+
+    probes: int = setting(4, "Hutchinson probes per batch")
+    batches: int = setting(2, "calibration batches used for the traces (0: all)",
+                           flag="trace-batches")
+    method: str = setting("fd", "Hessian-vector products: finite differences (works with "
+                                "flash attention) or exact double backward", choices=METHODS)
+    eps: float = setting(1e-3, "finite-difference step", flag="fd-eps")
+    seed: int = setting(0, "seed of the probes and of the diffusion loss's masks",
+                        flag="trace-seed")
+
+    def __post_init__(self):
+        self.require(self.probes > 0, "probes", "a positive number")
+        self.require(self.batches >= 0, "batches", "a number ≥ 0")
+        self.require(self.method in METHODS, "method", f"one of {METHODS}")
+        self.require(self.eps > 0, "eps", "a positive number")
 
 
 @dataclass(frozen=True)
@@ -96,18 +118,19 @@ def _float32(module: nn.Module) -> Iterator[None]:
         module.to(dtype)
 
 
-def hawq_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibration, *,
-                     probes: int = 4, method: str = "fd", eps: float = 1e-3, seed: int = 0,
-                     batches: int | None = None, show_progress: bool = True) -> Sensitivity:
+def hawq_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibration,
+                     config: SensitivityConfig = SensitivityConfig(), *,
+                     show_progress: bool = True) -> Sensitivity:
     """Traces on the calibration windows (clean; the diffusion loss masks them itself),
     combined with every candidate's weight perturbation."""
     space = candidates.space
     modules = dict(lm.module.named_modules())
     weights = {name: modules[name].weight for name in space.names()}
-    data = calibration.clean[:batches] if batches else calibration.clean
+    c = config
+    data = calibration.clean[:c.batches] if c.batches else calibration.clean
     with _float32(lm.module):
-        traces = hutchinson_traces(lambda b: lm.loss(b, seed=seed), lm.module, weights, data,
-                                   probes=probes, method=method, eps=eps, seed=seed,
+        traces = hutchinson_traces(lambda b: lm.loss(b, seed=c.seed), lm.module, weights, data,
+                                   probes=c.probes, method=c.method, eps=c.eps, seed=c.seed,
                                    show_progress=show_progress)
     rows = []
     for layer in space.layers:
@@ -120,19 +143,19 @@ def hawq_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibratio
                 n_params=layer.numel, delta_sq=delta,
                 omega=abs(trace) / layer.numel * delta,
                 gptq_loss=candidates.gptq_loss(layer.name, bits)))
-    return Sensitivity(model=lm.name, method=method, probes=probes, rows=rows)
+    return Sensitivity(model=lm.name, method=c.method, probes=c.probes, rows=rows)
 
 
-def cached_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibration, *,
-                       probes: int = 4, method: str = "fd", eps: float = 1e-3, seed: int = 0,
-                       batches: int | None = None, show_progress: bool = True) -> Sensitivity:
+def cached_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibration,
+                       config: SensitivityConfig = SensitivityConfig(), *,
+                       show_progress: bool = True) -> Sensitivity:
     """`hawq_sensitivity`, stored beside the candidates it was computed from."""
-    path = candidates.directory / (f"sensitivity-v{SCHEMA}-{method}-p{probes}-e{eps:g}-s{seed}"
-                                   f"-b{batches or 'all'}.json")
+    c = config
+    path = candidates.directory / (f"sensitivity-v{SCHEMA}-{c.method}-p{c.probes}-e{c.eps:g}"
+                                   f"-s{c.seed}-b{c.batches or 'all'}.json")
     if path.exists():
         return Sensitivity.from_dict(json.loads(path.read_text()))
-    sens = hawq_sensitivity(lm, candidates, calibration, probes=probes, method=method, eps=eps,
-                            seed=seed, batches=batches, show_progress=show_progress)
+    sens = hawq_sensitivity(lm, candidates, calibration, config, show_progress=show_progress)
     write_atomic(path, json.dumps(sens.to_dict(), indent=1) + "\n")
     return sens
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -39,6 +40,15 @@ def is_current(directory: Path, size: PocketSize) -> bool:
     if not (directory / "config.json").exists() or not record.exists():
         return False
     return json.loads(record.read_text()).get("size") == asdict(size)
+
+
+def provide() -> dict:
+    """The pocket names for the model registry (entry point `bitfront.models`)."""
+    return {name: partial(_resolve, name) for name in pocket_names()}
+
+
+def _resolve(name: str, show_progress: bool) -> Path:
+    return pocket_dir(name, show_progress=show_progress)
 
 
 def pocket_dir(name: str, *, show_progress: bool = True) -> Path:

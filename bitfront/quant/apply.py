@@ -77,8 +77,8 @@ def plan_space(lm: CodeLM, plan: BitPlan):
                        include_embeddings=any(n.endswith("embed_tokens") for n in plan.specs))
 
 
-def candidates_for_plan(lm: CodeLM, plan: BitPlan, *, show_progress: bool = True
-                        ) -> Candidates:
+def candidates_for_plan(lm: CodeLM, plan: BitPlan, *, mbpp_source=None,
+                        show_progress: bool = True) -> Candidates:
     """The candidate cache a saved plan was made from (computed if missing), following the
     quantizer and calibration settings recorded in its metadata; refuses when what it
     rebuilds differs from what the plan names (other weights, or calibration text from
@@ -88,9 +88,9 @@ def candidates_for_plan(lm: CodeLM, plan: BitPlan, *, show_progress: bool = True
 
     spec = next(iter(plan.specs.values()))
     quantizer = plan.meta.get("quantizer") or {"group_size": spec.group_size, "sym": spec.sym}
-    settings = QuantizerSettings(**{**quantizer, "bits": tuple(quantizer.get("bits",
-                                                                             (2, 3, 4, 8)))})
-    calibration = calibration_set(lm, CalibrationConfig(**plan.meta.get("calibration", {})))
+    settings = QuantizerSettings.from_dict(quantizer, "plan meta.quantizer.")
+    calibration = calibration_set(lm, CalibrationConfig.from_dict(
+        plan.meta.get("calibration", {}), "plan meta.calibration."), mbpp_source=mbpp_source)
     space = plan_space(lm, plan)
     plan.validate(space, lm.fingerprint())
     candidates = build_candidates(lm, space, calibration, settings=settings,

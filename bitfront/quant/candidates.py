@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from bitfront.config import Config, setting
 from bitfront.kernels.gptq import GPTQResult, gptq_quantize
 from bitfront.kernels.hessian import capture_hessians
 from bitfront.kernels.quant import PackedWeight, rtn_quantize
@@ -33,22 +34,30 @@ from bitfront.space.layers import LayerSpace
 
 FORMAT = 1
 PACKED_FIELDS = ("qweight", "qzeros", "scales", "g_idx")
+CANDIDATE_BITS = (2, 3, 4, 8)
 
 
 @dataclass(frozen=True)
-class QuantizerSettings:
+class QuantizerSettings(Config):
     """How candidates are computed (GPTQ options shared by every bitwidth)."""
 
-    bits: tuple[int, ...] = (2, 3, 4, 8)
-    group_size: int = 128
-    sym: bool = False
-    act_order: bool = False
-    static_groups: bool = False
-    percdamp: float = 0.01
-    blocksize: int = 128
+    bits: tuple[int, ...] = setting((2, 3, 4, 8), "bitwidths to compute candidates for",
+                                    flag="candidate-bits")
+    group_size: int = setting(128, "weights per quantization group; -1 = per output channel")
+    sym: bool = setting(False, "symmetric quantization (no zero points)")
+    act_order: bool = setting(False, "GPTQ: quantize columns by decreasing Hessian diagonal")
+    static_groups: bool = setting(False, "GPTQ with act-order: fix group parameters upfront")
+    percdamp: float = setting(0.01, "GPTQ: Hessian dampening, fraction of its mean diagonal")
+    blocksize: int = setting(128, "GPTQ: columns updated per block")
+    mse: bool = setting(False, "GPTQ: grid-search each group's range for the least error")
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "bits": list(self.bits)}
+    def __post_init__(self):
+        self.require(bool(self.bits) and set(self.bits) <= set(CANDIDATE_BITS), "bits",
+                     f"bits from {CANDIDATE_BITS}")
+        self.require(self.group_size > 0 or self.group_size == -1, "group_size",
+                     "a positive number, or -1 for one group per row")
+        self.require(self.percdamp > 0, "percdamp", "a positive number")
+        self.require(self.blocksize > 0, "blocksize", "a positive number")
 
 
 def candidate_key(model: str, calibration: str, settings: QuantizerSettings,
@@ -165,10 +174,9 @@ def _quantize_layer(module: nn.Module, hessian: torch.Tensor | None,
             loss = float(((dq.float() - weight.float()) ** 2).sum() / 2)
             out[bits] = GPTQResult(bits=bits, weight=dq.float(), packed=packed, loss=loss)
         return out
-    return gptq_quantize(weight, hessian, settings.bits, group_size=settings.group_size,
-                         sym=settings.sym, act_order=settings.act_order,
-                         static_groups=settings.static_groups, percdamp=settings.percdamp,
-                         blocksize=settings.blocksize)
+    # Every setting but the bitwidths is a GPTQ option: a new field reaches the kernel as is.
+    options = {k: v for k, v in settings.to_dict().items() if k != "bits"}
+    return gptq_quantize(weight, hessian, settings.bits, **options)
 
 
 def _chunks(space: LayerSpace, names: list[str], max_bytes: int, element_size: int

@@ -12,9 +12,19 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from bitfront.config import Config, setting
 from bitfront.errors import BitfrontError
 
 GROUPINGS = ("linear", "block", "type")
+
+
+@dataclass(frozen=True)
+class SpaceConfig(Config):
+    """Which layers are quantizable besides the decoder's linears."""
+
+    include_head: bool = setting(False, "also quantize lm_head")
+    include_embeddings: bool = setting(False, "also quantize the token embeddings (round to "
+                                              "nearest)")
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 

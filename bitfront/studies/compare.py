@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bitfront.errors import BitfrontError
-from bitfront.search.front import (
+from bitfront.planner.front import (
     Point,
     accuracy_metric,
     hypervolume,
@@ -26,6 +26,7 @@ from bitfront.search.front import (
     pareto_front,
     reference_point,
 )
+from bitfront.planner.metrics import TrialMetrics, objective_metric
 
 
 @dataclass
@@ -38,11 +39,12 @@ class RunFront:
     points: list[dict]  # trial, origin, feasible, retention, memory_bytes, latency_s, ...
 
     def as_points(self) -> list[Point]:
-        value = {"accuracy": self.accuracy_key, "memory": "memory_bytes",
-                 "latency": "latency_s"}
+        value = {o: objective_metric(o) for o in self.objectives} | {
+            "accuracy": self.accuracy_key}
         return [Point(number=p["trial"], bits=p.get("bits", {}),
-                      values=tuple(p[value[o]] for o in self.objectives), metrics=p,
-                      feasible=p["feasible"], origin=p["origin"]) for p in self.points]
+                      values=tuple(p[value[o]] for o in self.objectives),
+                      metrics=TrialMetrics.from_dict(p), feasible=p["feasible"],
+                      origin=p["origin"]) for p in self.points]
 
     def front(self) -> list[Point]:
         return pareto_front(self.as_points(), self.objectives)
@@ -59,14 +61,12 @@ def load_front(path: Path) -> RunFront:
             family = json.loads((path / "model.json").read_text())["result"]["family"]
         return _run(path.name, family, result["config"], result["points"])
     if (path / "study.json").exists():
-        from bitfront.search.front import points, study_config
-        from bitfront.search.study import locate_study
+        from bitfront.planner.front import SearchResult
+        from bitfront.planner.study import locate_study
 
-        study = locate_study(str(path))
-        config = study_config(study)
-        pts = [{"trial": p.number, "origin": p.origin, "feasible": p.feasible,
-                "bits": p.bits, **p.metrics} for p in points(study)]
-        return _run(path.name, config.get("family"), config, pts)
+        result = SearchResult.of(locate_study(str(path)))
+        return _run(path.name, result.config.get("family"), result.config,
+                    [p.to_dict() for p in result.points])
     raise BitfrontError(f"{path} is not a run: expected search.json (a study's model run) or "
                         "study.json (a search run)")
 
@@ -138,8 +138,8 @@ def compare_runs(a: RunFront, b: RunFront, budgets: list[float]) -> dict:
             "front_size": len(front),
             "hypervolume": hypervolume(run.as_points(), run.objectives, reference),
             "knee": None if k is None else {"trial": k.number, **{
-                key: k.metrics[key] for key in (run.accuracy_key, "memory_bytes", "avg_bits",
-                                                "latency_s") if key in k.metrics}},
+                key: v for key, v in k.metrics.to_dict().items()
+                if key in (run.accuracy_key, "memory_bytes", "avg_bits", "latency_s")}},
             "best_at": {str(int(bud)): best_at(run, bud) for bud in budgets},
         }
     out["retention_gap_memory"] = retention_gap(a, b)

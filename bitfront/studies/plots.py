@@ -106,17 +106,33 @@ def heatmaps(panels: list[tuple[str, dict[str, float]]], path: Path, title: str,
     return path
 
 
+def _errors(rows, value, interval):
+    """Asymmetric error bars from 95% intervals (none where a row has no interval)."""
+    lows, highs = [], []
+    for row in rows:
+        low, high = interval(row)
+        lows.append(0.0 if low is None else value(row) - low)
+        highs.append(0.0 if high is None else high - value(row))
+    return [lows, highs]
+
+
 def uniform(rows_by_model: dict[str, list[dict]], path: Path) -> Path:
     """Proxy retention and pass@1 of the uniform plans, by bitwidth."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for color, (label, rows) in zip(COLORS, rows_by_model.items(), strict=False):
         ordered = sorted(rows, key=lambda r: r["bits"])
         bits = [str(r["bits"]) for r in ordered]
-        axes[0].plot(bits, [r["retention"] for r in ordered], marker="o", color=color,
-                     label=label)
-        for style, bench in zip(("-", "--"), sorted(ordered[0]["pass@1"]), strict=False):
-            axes[1].plot(bits, [r["pass@1"][bench] for r in ordered], style, marker="o",
-                         color=color, label=f"{label} {bench}")
+        axes[0].errorbar(bits, [r["retention"] for r in ordered], marker="o", color=color,
+                         label=label, capsize=3, yerr=_errors(
+                             ordered, lambda r: r["retention"],
+                             lambda r: (r.get("retention_low"), r.get("retention_high"))))
+        for style, bench in zip(("-", "--", ":", "-."), sorted(ordered[0]["pass@1"]),
+                                strict=False):
+            axes[1].errorbar(bits, [r["pass@1"][bench] for r in ordered], linestyle=style,
+                             marker="o", color=color, label=f"{label} {bench}", capsize=3,
+                             yerr=_errors(ordered, lambda r, b=bench: r["pass@1"][b],
+                                          lambda r, b=bench: r.get("pass@1_interval", {})
+                                          .get(b, (None, None))))
     axes[0].set_ylabel("proxy retention")
     axes[1].set_ylabel("pass@1")
     for ax in axes:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import bitfront
 from bitfront.objectives.fidelity import correlations
-from bitfront.search.front import hypervolume
+from bitfront.planner.front import NoPlanError, best_under, hypervolume
+from bitfront.stats import Interval
 from bitfront.studies import plots
-from bitfront.studies.compare import RunFront, _run, best_at, common_reference, compare_runs
+from bitfront.studies.compare import RunFront, _run, common_reference, compare_runs
 from bitfront.studies.spec import StudySpec
-from bitfront.units import format_bytes, parse_bytes
+from bitfront.units import format_bytes
 
 SCHEMA = 1
 FAMILY_WORDS = {"diffusion": "the diffusion model", "ar": "the autoregressive model"}
@@ -29,22 +30,42 @@ def _front_of(result: dict) -> RunFront:
                 search["points"])
 
 
-def _mean_pass(row: dict) -> float:
-    values = list(row["pass@1"].values())
-    return sum(values) / len(values) if values else 0.0
+def _fidelity(result: dict, bench: str) -> dict:
+    """τ and ρ (with intervals) between proxy retention and pass@1 on `bench` over the
+    uniform, verified and mixed plans."""
+    rows = result["uniform"] + result["verified"] + result.get("mixed", [])
+    tau, rho, note = correlations([r["retention"] for r in rows],
+                                  [r["pass@1"][bench] for r in rows])
+    return {"plans": len(rows), "bench": bench, "kendall_tau": tau and tau.to_dict(),
+            "spearman_rho": rho and rho.to_dict(), "note": note}
 
 
-def _fidelity(result: dict) -> dict:
-    rows = result["uniform"] + result["verified"]
-    tau, rho, note = correlations([r["retention"] for r in rows], [_mean_pass(r) for r in rows])
-    return {"plans": len(rows), "kendall_tau": tau, "spearman_rho": rho, "note": note}
+def retention_text(row: dict) -> str:
+    """A proxy retention with its interval; one whose interval holds 1.0 is no measurable
+    loss (a value above 1.0 inside the noise is not a gain)."""
+    value, low, high = row["retention"], row.get("retention_low"), row.get("retention_high")
+    if low is None or high is None:
+        return f"{value:.1%}"
+    if low <= 1.0 <= high:
+        return f"no measurable loss ({value:.1%}, 95% CI {low:.1%}–{high:.1%})"
+    return f"{value:.1%} (95% CI {low:.1%}–{high:.1%})"
+
+
+def _pass_text(row: dict, bench: str) -> str:
+    low, high = row.get("pass@1_interval", {}).get(bench, (None, None))
+    value = row["pass@1"][bench]
+    return f"{value:.1%}" if low is None else f"{value:.1%} [{low:.1%}, {high:.1%}]"
+
+
+def _interval_text(data: dict | None) -> str:
+    return "-" if data is None else str(Interval.from_dict(data))
 
 
 def _budgets(spec: StudySpec, results: list[dict]) -> list[int]:
     """The spec's budgets, else where quantization starts to bite: the uniform 3-bit size
     and halfway from there down to the uniform 2-bit size (the larger model's)."""
     if spec.report.budgets:
-        return [parse_bytes(b) for b in spec.report.budgets]
+        return list(spec.report.budgets)
 
     def size(bits: int) -> int | None:
         sizes = [u["memory_bytes"] for res in results for u in res["uniform"] if u["bits"] == bits]
@@ -57,22 +78,31 @@ def _budgets(spec: StudySpec, results: list[dict]) -> list[int]:
 
 
 def finding(results: list[dict], fronts: list[RunFront], budget: int) -> str:
-    parts = []
+    """What each model keeps under `budget` (best plan found, with its interval), and
+    whether the difference between the two lies outside the noise."""
+    parts, intervals = [], []
     for result, front in zip(results, fronts, strict=True):
         family = result["model"]["family"]
         who = f"{FAMILY_WORDS.get(family, family)} ({result['model']['name']})"
-        value = best_at(front, budget)
-        if value is None:
-            kept = "has no plan that fits"
-        elif value >= 1:
-            kept = f"keeps all of its accuracy ({value:.1%} of the 16-bit proxy score)"
-        else:
-            kept = f"keeps {value:.1%} of its accuracy"
-        parts.append(f"{who} {kept}")
+        try:
+            best = best_under(front.as_points(), memory=budget, accuracy=front.accuracy_key)
+        except NoPlanError:
+            parts.append(f"{who} has no plan that fits")
+            continue
+        row = best.metrics.to_dict()
+        parts.append(f"{who} keeps {retention_text(row)} of its proxy accuracy")
+        intervals.append((row.get("retention_low"), row.get("retention_high")))
     head, *rest = parts
     tail = "; ".join(rest)
-    return (f"At ≤ {format_bytes(budget)} of weights, {head}" + (f", {tail}" if tail else "")
-            + " (proxy retention of the best plan found under that budget).")
+    sentence = (f"At ≤ {format_bytes(budget)} of weights, {head}" + (f", {tail}" if tail else "")
+                + " (proxy retention of the best plan found under that budget).")
+    if len(intervals) == 2 and None not in (*intervals[0], *intervals[1]):
+        (la, ha), (lb, hb) = intervals
+        sentence += (" The difference lies outside the noise (the 95% intervals do not "
+                     "overlap)." if ha < lb or hb < la else
+                     " The difference is inside the noise (the 95% intervals overlap): no "
+                     "finding at this budget.")
+    return sentence
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -135,7 +165,8 @@ def write_report(spec: StudySpec, run_dir: Path, results: list[dict]) -> Path:
             "hypervolume_common_reference": hypervolume(front.as_points(), front.objectives,
                                                         common),
             "knee": r["search"]["knee"], "front": r["search"]["front"],
-            "trials": len(r["search"]["points"]), "fidelity": _fidelity(r),
+            "trials": len(r["search"]["points"]),
+            "fidelity": _fidelity(r, spec.verify.benches[0]),
             "exports": r["exports"],
         }
     sentences = [finding(results, fronts, b) for b in budgets]
@@ -149,7 +180,7 @@ def write_report(spec: StudySpec, run_dir: Path, results: list[dict]) -> Path:
 
 
 def _markdown(spec: StudySpec, results: list[dict], report: dict) -> str:
-    benches = spec.evaluation.benches
+    benches = spec.verify.benches
     out = [f"# Study `{spec.name}`", "", spec.description, ""]
     out += ["## Finding", ""] + [f"- {s}" for s in report["findings"]] + [""]
     out += ["## Models", "", _table(
@@ -170,9 +201,9 @@ def _markdown(spec: StudySpec, results: list[dict], report: dict) -> str:
     for r in results:
         for u in sorted(r["uniform"], key=lambda u: -u["bits"]):
             rows.append([r["label"], str(u["bits"]), format_bytes(u["memory_bytes"]),
-                         f"{u['avg_bits']:.2f}", _latency(u), f"{u['retention']:.4f}",
+                         f"{u['avg_bits']:.2f}", _latency(u), retention_text(u),
                          f"{u['logprob_retention']:.4f}",
-                         *(f"{u['pass@1'][b]:.1%}" for b in benches)])
+                         *(_pass_text(u, b) for b in benches)])
     out += [_table(["model", "bits", "memory", "bits/weight", "latency s", "proxy retention",
                     "likelihood retention", *(f"{b} pass@1" for b in benches)], rows), ""]
     out += ["![uniform](plots/uniform.png)", ""]
@@ -201,21 +232,18 @@ def _markdown(spec: StudySpec, results: list[dict], report: dict) -> str:
     out += ["## Verified front", "",
             "Front plans (the knee, then spread by memory) evaluated with full pass@1.", ""]
     rows = [[r["label"], str(v["trial"]), v["origin"], format_bytes(v["memory_bytes"]),
-             f"{v['avg_bits']:.2f}", _latency(v), f"{v['retention']:.4f}",
-             *(f"{v['pass@1'][b]:.1%}" for b in benches)]
+             f"{v['avg_bits']:.2f}", _latency(v), retention_text(v),
+             *(_pass_text(v, b) for b in benches)]
             for r in results for v in r["verified"]]
     out += [_table(["model", "trial", "origin", "memory", "bits/weight", "latency s",
                     "proxy retention", *(f"{b} pass@1" for b in benches)], rows), ""]
     out += ["## Proxy fidelity", "",
-            "Kendall τ and Spearman ρ between proxy retention and mean pass@1 over the "
-            "uniform and verified plans.", ""]
-    rows = []
-    for label, m in report["models"].items():
-        f = m["fidelity"]
-        rows.append([label, str(f["plans"]),
-                     "-" if f["kendall_tau"] is None else f"{f['kendall_tau']:.3f}",
-                     "-" if f["spearman_rho"] is None else f"{f['spearman_rho']:.3f}",
-                     f["note"]])
+            f"Kendall τ and Spearman ρ between proxy retention and {benches[0]} pass@1 over "
+            "the uniform, verified and random mixed plans, with 95% bootstrap intervals over "
+            "the plans.", ""]
+    rows = [[label, str(m["fidelity"]["plans"]), _interval_text(m["fidelity"]["kendall_tau"]),
+             _interval_text(m["fidelity"]["spearman_rho"]), m["fidelity"]["note"]]
+            for label, m in report["models"].items()]
     out += [_table(["model", "plans", "Kendall τ", "Spearman ρ", "note"], rows), ""]
     if report["comparison"]:
         c = report["comparison"]

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume
 from optuna.trial import TrialState
 
 from bitfront.errors import BitfrontError
-from bitfront.search.study import CONFIG_ATTR, OBJECTIVES
+from bitfront.planner.metrics import TrialMetrics, objective_metric
+from bitfront.planner.optuna_private import compute_hypervolume
+from bitfront.planner.study import CONFIG_ATTR, OBJECTIVES
 from bitfront.space.plan import BitPlan
 from bitfront.units import format_bytes
 
@@ -35,9 +36,66 @@ class Point:
     number: int
     bits: dict[str, int]
     values: tuple[float, ...]
-    metrics: dict
+    metrics: TrialMetrics
     feasible: bool
     origin: str
+
+    def to_dict(self) -> dict:
+        return {"trial": self.number, "origin": self.origin, "feasible": self.feasible,
+                "bits": self.bits, **self.metrics.to_dict()}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A study's outcome: every completed point, the Pareto front, its knee and hypervolume
+    (normalised; see the module doc), with the study's stored configuration."""
+
+    study: str
+    config: dict
+    points: list[Point]
+    front: list[Point]
+    knee: Point | None
+    hypervolume: float
+
+    @property
+    def objectives(self) -> list[str]:
+        return self.config["objectives"]
+
+    @property
+    def reference(self) -> dict[str, float]:
+        return reference_point(self.config)
+
+    def plan(self, point: Point) -> BitPlan:
+        return plan_of(point, self.config)
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> SearchResult:
+        config = study_config(study)
+        pts = points(study)
+        front = pareto_front(pts, config["objectives"])
+        return cls(study=study.study_name, config=config, points=pts, front=front,
+                   knee=knee(front, config["objectives"]),
+                   hypervolume=hypervolume(pts, config["objectives"], reference_point(config)))
+
+    def summary(self) -> dict:
+        """The front in brief, JSON-ready: each front plan's trial, origin and metrics."""
+        return {"study": self.study, "trials": len(self.points),
+                "feasible": sum(p.feasible for p in self.points),
+                "objectives": self.objectives, "reference": self.reference,
+                "hypervolume": self.hypervolume,
+                "knee": self.knee.number if self.knee else None,
+                "front": [{"trial": p.number, "origin": p.origin, **p.metrics.to_dict()}
+                          for p in self.front]}
+
+    def to_dict(self) -> dict:
+        """JSON-ready record (points in full, the front and knee by trial number)."""
+        return {"study": self.study, "trials": len(self.points),
+                "feasible": sum(p.feasible for p in self.points),
+                "objectives": self.objectives, "reference": self.reference,
+                "hypervolume": self.hypervolume,
+                "knee": self.knee.number if self.knee else None,
+                "front": [p.number for p in self.front],
+                "points": [p.to_dict() for p in self.points], "config": self.config}
 
 
 def study_config(study: optuna.Study) -> dict:
@@ -51,7 +109,8 @@ def points(study: optuna.Study) -> list[Point]:
     out = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         out.append(Point(number=trial.number, bits=dict(trial.params),
-                         values=tuple(trial.values), metrics=dict(trial.user_attrs),
+                         values=tuple(trial.values),
+                         metrics=TrialMetrics.from_dict(trial.user_attrs),
                          feasible=all(c <= 0 for c in trial.constraints.values()),
                          origin=trial.user_attrs.get("origin", "")))
     return out
@@ -121,7 +180,7 @@ def knee(front: list[Point], objectives: list[str]) -> Point | None:
 
 def accuracy_metric(config: dict) -> str:
     """The metric a study optimised as its accuracy: top-1 or likelihood retention."""
-    return "retention" if config.get("accuracy", "top1") == "top1" else "logprob_retention"
+    return objective_metric("accuracy", config.get("accuracy", "top1"))
 
 
 def best_under(pts: list[Point], *, memory: int | None = None, latency: float | None = None,
@@ -134,32 +193,27 @@ def best_under(pts: list[Point], *, memory: int | None = None, latency: float | 
         raise NoPlanError("no plan within budget; the study has no feasible trials yet")
 
     def within_memory(p: Point) -> bool:
-        return memory is None or p.metrics["memory_bytes"] <= memory
+        return memory is None or p.metrics.memory_bytes <= memory
 
     def within_latency(p: Point) -> bool:
-        return latency is None or p.metrics.get("latency_s", float("inf")) <= latency
+        return latency is None or _latency(p) <= latency
 
     fits = [p for p in feasible if within_memory(p) and within_latency(p)]
     if not fits:
         small = [p for p in feasible if within_memory(p)]
         if not small:
-            smallest = min(p.metrics["memory_bytes"] for p in feasible)
+            smallest = min(p.metrics.memory_bytes for p in feasible)
             raise NoPlanError(f"no plan within budget; the smallest is "
                               f"{format_bytes(smallest)}")
-        fastest = min(p.metrics.get("latency_s", float("inf")) for p in small)
+        fastest = min(_latency(p) for p in small)
         raise NoPlanError(f"no plan within budget; the fastest"
                           f"{' that fits the memory budget' if memory is not None else ''} "
                           f"takes {fastest:.4g} s")
-    return max(fits, key=lambda p: (p.metrics[accuracy], -p.metrics["memory_bytes"]))
+    return max(fits, key=lambda p: (getattr(p.metrics, accuracy), -p.metrics.memory_bytes))
 
 
-METRICS = ("retention", "logprob_retention", "top1", "memory_bytes", "avg_bits",
-           "nominal_bits", "latency_s", "per_token", "per_step", "rest")
-
-
-def trial_metrics(metrics: dict) -> dict:
-    """The numeric metrics a trial records (from its user attributes), JSON-ready."""
-    return {k: float(metrics[k]) for k in METRICS if k in metrics}
+def _latency(point: Point) -> float:
+    return point.metrics.latency_s if point.metrics.latency_s is not None else float("inf")
 
 
 def plan_of(point: Point, config: dict) -> BitPlan:

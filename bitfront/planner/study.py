@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import socket
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,24 +32,31 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from bitfront.config import Config, setting
 from bitfront.errors import BitfrontError
 from bitfront.models.base import CodeLM
 from bitfront.objectives.latency import LatencyTable
 from bitfront.objectives.proxy import AccuracyProxy
 from bitfront.objectives.sensitivity import Sensitivity
+from bitfront.paths import default_storage, run_dir
+from bitfront.planner.metrics import TrialMetrics
+from bitfront.planner.optuna_private import fixed_params, join_generation, quiet, trial_id
+from bitfront.planner.seeds import Seed, SeedProblem, hawq_seeds
 from bitfront.progress import progress_bar
 from bitfront.quant.apply import PlanApplier
 from bitfront.quant.candidates import Candidates
-from bitfront.search.seeds import Seed, SeedProblem, hawq_seeds
-from bitfront.space.layers import group_layers
+from bitfront.space.layers import GROUPINGS, group_layers
 from bitfront.space.memory import plan_memory
 from bitfront.space.plan import BitPlan
+from bitfront.units import parse_bytes, parse_seconds
 
 OBJECTIVES = {"accuracy": "maximize", "memory": "minimize", "latency": "minimize"}
 SAMPLERS = ("nsga2", "tpe")
+ACCURACIES = ("top1", "likelihood")
 CONFIG_ATTR = "bitfront_config"
 SEEDED_ATTR = "bitfront_seeded"
 TABLE_ATTR = "bitfront_latency_table"
+SETTINGS_ATTR = "bitfront_settings"  # the versioned JSON of every setting (bitfront/config.py)
 
 
 class StudyMismatchError(BitfrontError):
@@ -58,41 +64,65 @@ class StudyMismatchError(BitfrontError):
 
 
 @dataclass(frozen=True)
-class SearchConfig:
-    objectives: tuple[str, ...] = ("accuracy", "memory", "latency")
-    accuracy: str = "top1"  # proxy retention used as the objective: top1 | likelihood
-    choices: tuple[int, ...] = (2, 3, 4, 8, 16)
-    grouping: str = "linear"
-    sampler: str = "nsga2"
-    population: int = 16
-    seed: int = 0
-    ilp_budgets: int = 6  # HAWQ seeds at this many memory budgets (0: no seeds at all)
-    cheap_sensitivity: bool = False  # seed with GPTQ's loss instead of HAWQ's Ω (no traces)
-    memory_budget: int | None = None  # bytes
-    latency_budget: float | None = None  # seconds per sample
+class SearchConfig(Config):
+    """The search: objectives, space grouping, sampler, seeds and budgets."""
+
+    trials: int = setting(60, "finished trials to reach (all workers together)")
+    objectives: tuple[str, ...] = setting(("accuracy", "memory", "latency"),
+                                          "objectives, from accuracy, memory, latency")
+    accuracy: str = setting("top1", "proxy retention used as the accuracy objective",
+                            choices=ACCURACIES)
+    choices: tuple[int, ...] = setting((2, 3, 4, 8, 16), "bitwidths to choose from")
+    grouping: str = setting("linear", "layers sharing one bitwidth", choices=GROUPINGS)
+    sampler: str = setting("nsga2", "Optuna sampler", choices=SAMPLERS)
+    population: int = setting(16, "NSGA-II population")
+    seed: int = setting(0, "sampler seed")
+    ilp_budgets: int = setting(6, "HAWQ ILP seeds at this many memory budgets (0: unseeded)")
+    cheap_sensitivity: bool = setting(False, "seed from GPTQ's loss instead of Hessian traces")
+    memory_budget: int | None = setting(None, "plans above it are infeasible, e.g. 1.2GiB",
+                                        parse=parse_bytes)
+    latency_budget: float | None = setting(None, "plans slower than it per generated sample "
+                                                 "are infeasible, e.g. 0.5s",
+                                           parse=parse_seconds)
 
     def __post_init__(self):
-        unknown = [o for o in self.objectives if o not in OBJECTIVES]
-        if unknown or not self.objectives:
-            raise BitfrontError(f"unknown objectives {unknown}; choose from {list(OBJECTIVES)}")
-        if self.sampler not in SAMPLERS:
-            raise BitfrontError(f"unknown sampler {self.sampler!r}; choose from {SAMPLERS}")
-        if self.accuracy not in ("top1", "likelihood"):
-            raise BitfrontError("accuracy must be top1 or likelihood")
+        self.require(bool(self.objectives) and set(self.objectives) <= set(OBJECTIVES),
+                     "objectives", f"from {list(OBJECTIVES)}")
+        self.require(self.sampler in SAMPLERS, "sampler", f"one of {SAMPLERS}")
+        self.require(self.accuracy in ACCURACIES, "accuracy", f"one of {ACCURACIES}")
+        self.require(self.grouping in GROUPINGS, "grouping", f"one of {GROUPINGS}")
+        self.require(bool(self.choices) and set(self.choices) <= {2, 3, 4, 8, 16}, "choices",
+                     "bits from 2, 3, 4, 8, 16")
+        for key in ("trials", "population"):
+            self.require(getattr(self, key) > 0, key, "a positive number")
+        self.require(self.ilp_budgets >= 0, "ilp_budgets", "a number ≥ 0")
+        for key in ("memory_budget", "latency_budget"):
+            self.require(getattr(self, key) is None or getattr(self, key) > 0, key,
+                         "a positive size or duration")
+
+    def identity(self) -> dict:
+        """What workers sharing a study must agree on: everything but the trial count."""
+        return {k: v for k, v in self.to_dict().items() if k != "trials"}
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage: RDB URLs (sqlite:///..., postgresql://...) with heartbeats, or a
-    journal file for any other path."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+Storage = str | optuna.storages.BaseStorage
+
+
+def open_storage(url: Storage) -> optuna.storages.BaseStorage:
+    """An Optuna storage: a storage object as it is, "memory" (in-memory), RDB URLs
+    (sqlite:///..., postgresql://...) with heartbeats, or a journal file for any other path."""
+    if isinstance(url, optuna.storages.BaseStorage):
+        return url
+    if url == "memory":
+        return optuna.storages.InMemoryStorage()
     if "://" in url:
         kwargs = {}
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             kwargs = {"connect_args": {"timeout": 60}}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=5,
-                                          grace_period=20)
+        with quiet():
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=5,
+                                              grace_period=20)
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend
@@ -101,10 +131,14 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 @contextlib.contextmanager
-def storage_lock(url: str) -> Iterator[None]:
+def storage_lock(url: Storage) -> Iterator[None]:
     """Exclusive across the workers of one storage: a PostgreSQL advisory lock, or a file
-    lock beside a SQLite database or journal file (workers on one machine). Other RDB URLs
-    get no lock; `enqueue_trial(skip_if_exists=True)` still keeps most duplicates out."""
+    lock beside a SQLite database or journal file (workers on one machine). Storage objects
+    and other RDB URLs get no lock; `enqueue_trial(skip_if_exists=True)` still keeps most
+    duplicates out."""
+    if not isinstance(url, str) or url == "memory":
+        yield
+        return
     if url.startswith("postgresql"):
         import sqlalchemy
 
@@ -144,7 +178,7 @@ def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.BaseSto
         if worker.get("host") != host or _alive(int(worker.get("pid", 0))):
             continue
         try:
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # Optuna's own heartbeat check got there first
         failed += 1
@@ -161,7 +195,7 @@ def requeue_failed_seeds(study: optuna.Study) -> int:
     for trial in trials:
         origin = trial.user_attrs.get("origin")
         if trial.state == TrialState.FAIL and origin in seeds and origin not in alive:
-            again.setdefault(origin, trial.system_attrs.get("fixed_params", trial.params))
+            again.setdefault(origin, fixed_params(trial))
     for origin, params in again.items():
         study.enqueue_trial(params, user_attrs={"origin": origin})
     return len(again)
@@ -184,8 +218,9 @@ class PlanSearch:
 
     def __init__(self, lm: CodeLM, candidates: Candidates, proxy: AccuracyProxy,
                  table: LatencyTable | None, sensitivity: Sensitivity | None,
-                 config: SearchConfig):
+                 config: SearchConfig, settings: dict | None = None):
         self.lm, self.candidates, self.proxy = lm, candidates, proxy
+        self.settings = settings
         self.table, self.sensitivity, self.config = table, sensitivity, config
         self.space = candidates.space
         self.groups = group_layers(self.space, config.grouping)
@@ -207,6 +242,7 @@ class PlanSearch:
             "choices": list(self.config.choices), "grouping": self.config.grouping,
             "groups": self.groups, "proxy": self.proxy.fingerprint(),
             "objectives": list(self.config.objectives), "accuracy": self.config.accuracy,
+            "search": self.config.identity(),
             "workload": asdict(self.table.workload) if self.table else None,
             "memory_budget": self.config.memory_budget,
             "latency_budget": self.config.latency_budget,
@@ -264,47 +300,43 @@ class PlanSearch:
 
     # --- one trial -----------------------------------------------------------------------
 
-    def evaluate(self, plan: BitPlan) -> dict:
+    def evaluate(self, plan: BitPlan) -> TrialMetrics:
         """All metrics of one plan (the model is left restored)."""
         with self.applier.applied(plan):
             score = self.proxy()
         memory = plan_memory(self.space, plan)
-        metrics = {"retention": score.retention, "logprob_retention": score.logprob_retention,
-                   "top1": score.top1, "logprob": score.logprob,
-                   "memory_bytes": memory.total_bytes, "avg_bits": memory.avg_bits,
-                   "nominal_bits": memory.nominal_bits}
+        latency = {}
         if self.table is not None:
-            latency = self.table.predict(self.space, plan)
-            metrics.update({k: v for k, v in latency.items() if k != "linear_by_phase"})
-            metrics["latency_s"] = metrics.pop("seconds")
-        return metrics
+            predicted = self.table.predict(self.space, plan)
+            latency = {"latency_s": predicted["seconds"], "per_token": predicted.get("per_token"),
+                       "per_step": predicted.get("per_step"), "rest": predicted.get("rest")}
+        return TrialMetrics(retention=score.retention, logprob_retention=score.logprob_retention,
+                            top1=score.top1, logprob=score.logprob,
+                            memory_bytes=memory.total_bytes, avg_bits=memory.avg_bits,
+                            nominal_bits=memory.nominal_bits, retention_low=score.retention_low,
+                            retention_high=score.retention_high, **latency)
 
-    def objective_values(self, metrics: dict) -> list[float]:
-        accuracy = (metrics["retention"] if self.config.accuracy == "top1"
-                    else metrics["logprob_retention"])
-        value = {"accuracy": accuracy, "memory": metrics["memory_bytes"],
-                 "latency": metrics.get("latency_s")}
-        return [float(value[o]) for o in self.config.objectives]
+    def objective_values(self, metrics: TrialMetrics) -> list[float]:
+        return [metrics.value(o, self.config.accuracy) for o in self.config.objectives]
 
-    def constraints(self, metrics: dict) -> dict[str, float]:
+    def constraints(self, metrics: TrialMetrics) -> dict[str, float]:
         """≤ 0 when feasible (Optuna's convention)."""
         out = {}
         if self.config.memory_budget is not None:
-            out["memory"] = metrics["memory_bytes"] - self.config.memory_budget
+            out["memory"] = metrics.memory_bytes - self.config.memory_budget
         if self.config.latency_budget is not None:
-            out["latency"] = metrics["latency_s"] - self.config.latency_budget
+            out["latency"] = metrics.latency_s - self.config.latency_budget
         return out
 
     def objective(self, trial: optuna.Trial) -> list[float]:
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         if isinstance(trial.study.sampler, optuna.samplers.NSGAIISampler):
-            # Enqueued seeds fix every parameter, so Optuna would never ask the sampler about
-            # them and they would get no generation; asking puts them in the current one
-            # (the first: the population is at least as large as the seed set).
-            _ = trial.relative_params
+            # The seeds join the first generation: the population is at least as large as
+            # the seed set.
+            join_generation(trial)
         bits = {g: trial.suggest_categorical(g, list(self.config.choices)) for g in self.groups}
         metrics = self.evaluate(self.plan(bits))
-        for key, value in metrics.items():
+        for key, value in metrics.to_dict().items():
             trial.set_user_attr(key, value)
         for key, value in self.constraints(metrics).items():
             trial.set_constraint(key, value)
@@ -320,7 +352,7 @@ class PlanSearch:
         return optuna.samplers.NSGAIISampler(
             population_size=max(self.config.population, n_seeds), seed=seed)
 
-    def open(self, storage_url: str, study_name: str, *, worker: int = 0) -> optuna.Study:
+    def open(self, storage_url: Storage, study_name: str, *, worker: int = 0) -> optuna.Study:
         """Create or join the study (refusing a different configuration) and enqueue the
         seeds exactly once. The sampler's seed mixes the configured seed, the worker index
         and the trials already in the study, so parallel workers and resumed runs do not
@@ -353,6 +385,8 @@ class PlanSearch:
                 study.set_user_attr(TABLE_ATTR, self.table.to_dict())
             if theirs is None:
                 study.set_user_attr(CONFIG_ATTR, mine)
+                if self.settings is not None:
+                    study.set_user_attr(SETTINGS_ATTR, self.settings)
             if not study.user_attrs.get(SEEDED_ATTR):
                 seeds = self.seeds()
                 for seed in seeds:
@@ -367,10 +401,14 @@ class PlanSearch:
         study.sampler = self.sampler(n_seeds, int(mixed.hexdigest()[:8], 16))
         return study
 
-    def run(self, storage_url: str, study_name: str, n_trials: int, *, worker: int = 0,
+    def run(self, storage_url: Storage, study_name: str, n_trials: int, *, worker: int = 0,
             show_progress: bool = True) -> optuna.Study:
         """Work on the study until it holds `n_trials` finished trials (resumable; several
         workers may run this at once, each with its own `worker` index)."""
+        with quiet():
+            return self._run(storage_url, study_name, n_trials, worker, show_progress)
+
+    def _run(self, storage_url, study_name, n_trials, worker, show_progress) -> optuna.Study:
         study = self.open(storage_url, study_name, worker=worker)
         done_states = (TrialState.COMPLETE,)
 
@@ -395,14 +433,6 @@ class PlanSearch:
 POINTER = "study.json"
 
 
-def default_run_dir(study_name: str) -> Path:
-    return Path("runs") / "search" / study_name
-
-
-def default_storage(study_name: str) -> str:
-    return f"sqlite:///{(default_run_dir(study_name) / 'study.db').resolve()}"
-
-
 def write_pointer(run_dir: Path, storage: str, study_name: str, model: str) -> Path:
     """`run_dir/study.json`: where a study lives, so later commands find it by directory."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -420,7 +450,7 @@ def resolve_study(study: str, storage: str | None = None) -> tuple[str, str]:
         info = json.loads(pointer.read_text())
         return storage or info["storage"], info["study_name"]
     if storage is None:
-        if not (default_run_dir(study) / "study.db").exists():
+        if not (run_dir("search", study) / "study.db").exists():
             raise BitfrontError(f"no study {study!r}: give its run directory (with {POINTER}) "
                                 "or --storage URL")
         storage = default_storage(study)

@@ -1,11 +1,16 @@
-"""Bit-plan export formats for deployment pipelines.
+r"""Bit-plan export formats for deployment pipelines.
 
 - `json`: the BitPlan (schema-versioned) with its metrics and provenance;
 - `gptqmodel`: a GPTQModel `QuantizeConfig` whose `dynamic` map (regex -> overrides, first
   match wins, `-:` skips quantization) reproduces the plan exactly: the most common bitwidth
   is the base, every other bitwidth gets one anchored rule listing its modules;
-- `llama-cpp`: `--tensor-type` arguments for `llama-quantize` (HF module names -> GGUF tensor
-  names, bits -> GGUF types).
+- `llama-cpp`: a `llama-quantize --tensor-type-file`: one `PATTERN=TYPE` entry per layer, where
+  PATTERN is an anchored regex of the layer's GGUF tensor (`^blk\.3\.ffn_down\.weight$`, names
+  from the `gguf` package's own tensor-name map of the architecture: llama-quantize takes the
+  first pattern that `regex_search`es a tensor name, so bare names would also hit e.g.
+  `attn_q_norm`) and TYPE the ggml type of the bitwidth (`GGML_TYPES`). Each entry is also a
+  valid `--tensor-type` value. llama.cpp re-quantizes from its own 16-bit GGUF with these types:
+  the plan's bit allocation carries over, not its GPTQ weights.
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from collections import Counter
 from bitfront.errors import BitfrontError
 from bitfront.space.plan import SCHEMA, BitPlan
 
-FORMATS = ("json", "gptqmodel", "llama-cpp")
-GGUF_TYPES = {2: "q2_k", 3: "q3_k", 4: "q4_k", 8: "q8_0", 16: "f16"}
-_GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-               "mlp.down_proj": "ffn_down"}
+# Bitwidth -> ggml type (ggml's spelling; llama-quantize reads it case-insensitively): the
+# k-quant of the same bitwidth, which like our candidates has small groups with their own scale
+# (q2_K and q4_K also a min, i.e. asymmetric: 16 and 32 weights per sub-block); 8 bits has no
+# k-quant for weights, q8_0 (blocks of 32, one scale) is llama.cpp's 8-bit format; 16 stays
+# 16-bit.
+GGML_TYPES = {2: "q2_K", 3: "q3_K", 4: "q4_K", 8: "q8_0", 16: "f16"}
 
 
 def export_json(plan: BitPlan, metrics: dict, provenance: dict) -> dict:
@@ -29,7 +34,7 @@ def export_json(plan: BitPlan, metrics: dict, provenance: dict) -> dict:
             "export_schema": SCHEMA}
 
 
-def _rule(names: list[str]) -> str:
+def module_regex(names: list[str]) -> str:
     """One anchored regex matching exactly `names` (grouped by everything but the block
     index, so that per-type patterns stay short)."""
     by_shape: dict[str, list[str]] = {}
@@ -63,10 +68,10 @@ def gptqmodel_config(plan: BitPlan, *, act_order: bool = False, damp: float = 0.
     dynamic: dict[str, dict] = {}
     skipped = [name for name, s in specs.items() if not s.quantized]
     if skipped:
-        dynamic["-:" + _rule(skipped)] = {}
+        dynamic["-:" + module_regex(skipped)] = {}
     for bits in sorted({s.bits for s in quantized} - {base}):
         names = [name for name, s in specs.items() if s.bits == bits]
-        dynamic["+:" + _rule(names)] = {"bits": bits, "group_size": quantized[0].group_size}
+        dynamic["+:" + module_regex(names)] = {"bits": bits, "group_size": quantized[0].group_size}
     return {"bits": base, "group_size": quantized[0].group_size, "sym": quantized[0].sym,
             "desc_act": act_order, "damp_percent": damp, "lm_head": "lm_head" in specs
             and specs["lm_head"].quantized, "quant_method": "gptq", "dynamic": dynamic}
@@ -85,21 +90,30 @@ def resolve_dynamic(config: dict, module: str) -> tuple[int, int] | None:
     return config["bits"], config["group_size"]
 
 
-def gguf_tensor_name(module: str) -> str:
-    """The GGUF tensor (without `.weight`) of a Hugging Face module name."""
-    if module == "lm_head":
-        return "output"
-    if module.endswith("embed_tokens"):
-        return "token_embd"
-    match = re.fullmatch(r".*layers\.(\d+)\.(.+)", module)
-    if not match or match.group(2) not in _GGUF_NAMES:
-        raise BitfrontError(f"no GGUF tensor name known for {module!r}")
-    return f"blk.{match.group(1)}.{_GGUF_NAMES[match.group(2)]}"
+def gguf_tensor_names(modules: list[str], arch: str = "qwen3") -> dict[str, str]:
+    """The GGUF tensor of each Hugging Face module (`blk.N.attn_q.weight`, ...) in
+    architecture `arch` (a GGUF architecture name such as `llama` or `qwen3`), from the `gguf`
+    package's tensor-name map."""
+    import gguf
+
+    archs = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}
+    if arch not in archs:
+        raise BitfrontError(f"llama.cpp has no {arch!r} architecture; bitfront exports GGUF "
+                            "tensor types for llama.cpp architectures such as llama and qwen3")
+    blocks = [int(m.group(1)) for n in modules if (m := re.search(r"layers\.(\d+)\.", n))]
+    names = gguf.get_tensor_name_map(archs[arch], max(blocks, default=-1) + 1)
+    out = {}
+    for module in modules:
+        name = names.get_name(f"{module}.weight", try_suffixes=(".weight",))
+        if name is None:
+            raise BitfrontError(f"no GGUF tensor of architecture {arch!r} for {module!r}")
+        out[module] = name
+    return out
 
 
-def llama_cpp_args(plan: BitPlan) -> list[str]:
-    """`--tensor-type NAME=TYPE` arguments for llama-quantize, one per layer."""
-    args = []
-    for name, spec in plan.specs.items():
-        args += ["--tensor-type", f"{gguf_tensor_name(name)}={GGUF_TYPES[spec.bits]}"]
-    return args
+def llama_cpp_args(plan: BitPlan, arch: str = "qwen3") -> list[str]:
+    """`PATTERN=TYPE` entries for llama-quantize, one per layer: joined by whitespace, a
+    `--tensor-type-file`; each one, a `--tensor-type` value."""
+    names = gguf_tensor_names(list(plan.specs), arch)
+    return [f"^{re.escape(names[module])}$={GGML_TYPES[spec.bits]}"
+            for module, spec in plan.specs.items()]

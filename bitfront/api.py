@@ -1,0 +1,143 @@
+"""bitfront's Python API: the user questions as typed functions (re-exported by `bitfront`).
+
+    import bitfront
+    lm = bitfront.load_model("pocket-ar-micro")
+    result = bitfront.search(lm, bitfront.SearchConfig(trials=12), storage="memory")
+    point = bitfront.best_under(result, memory="2MiB")
+    bitfront.export(result.plan(point), "json", "plan.json")
+
+Every function takes the same config dataclasses that study specs and the command line
+build; nothing here has logic of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import torch
+
+from bitfront.evaluators.harness import EvalConfig
+from bitfront.evaluators.harness import evaluate as _evaluate
+from bitfront.exports.files import CHECKPOINTS, write_export
+from bitfront.models.base import CodeLM
+from bitfront.models.load import load_model as _load_model
+from bitfront.objectives.sensitivity import Sensitivity, cached_sensitivity
+from bitfront.paths import run_dir
+from bitfront.planner.front import NoPlanError, Point, SearchResult, accuracy_metric
+from bitfront.planner.front import best_under as _best_under
+from bitfront.planner.pipeline import Setup, build_search
+from bitfront.planner.study import SearchConfig, default_storage, write_pointer
+from bitfront.quant.apply import candidates_for_plan, packed_module
+from bitfront.quant.calibration import calibration_set
+from bitfront.quant.candidates import Candidates
+from bitfront.quant.candidates import build_candidates as _build_candidates
+from bitfront.space.layers import layer_space
+from bitfront.space.plan import BitPlan
+from bitfront.studies.spec import StudySpec, load_spec
+from bitfront.units import parse_bytes, parse_seconds
+
+__all__ = ["load_model", "build_candidates", "sensitivity", "search", "best_under", "quantize",
+           "export", "evaluate", "run_study", "NoPlanError"]
+
+
+def load_model(name: str, *, device: str | None = None, dtype: torch.dtype | None = None,
+               attn: str | None = None, show_progress: bool = True) -> CodeLM:
+    """A subject by name: known model, pocket model, local directory, .gguf file or hub id."""
+    return _load_model(name, device=device, dtype=dtype, attn=attn, show_progress=show_progress)
+
+
+def build_candidates(lm: CodeLM, setup: Setup = Setup(), *, mbpp: str | None = None,
+                     show_progress: bool = True) -> Candidates:
+    """GPTQ candidates of every quantizable layer at every bitwidth (cached on disk)."""
+    space = layer_space(lm, **setup.space.to_dict())
+    calibration = calibration_set(lm, setup.calibration, mbpp_source=mbpp)
+    return _build_candidates(lm, space, calibration, settings=setup.quantizer,
+                             show_progress=show_progress)
+
+
+def sensitivity(lm: CodeLM, setup: Setup = Setup(), *, mbpp: str | None = None,
+                show_progress: bool = True) -> Sensitivity:
+    """HAWQ sensitivity Ω of every layer at every candidate bitwidth (cached on disk)."""
+    candidates = build_candidates(lm, setup, mbpp=mbpp, show_progress=show_progress)
+    calibration = calibration_set(lm, setup.calibration, mbpp_source=mbpp)
+    return cached_sensitivity(lm, candidates, calibration, setup.sensitivity,
+                              show_progress=show_progress)
+
+
+def search(lm: CodeLM, config: SearchConfig = SearchConfig(), setup: Setup = Setup(), *,
+           storage: str | optuna.storages.BaseStorage | None = None,
+           study_name: str | None = None, worker: int = 0, mbpp: str | None = None,
+           show_progress: bool = True) -> SearchResult:
+    """The Pareto front of bit plans. `storage`: an Optuna storage object, a URL
+    (sqlite:///…, postgresql://…), a journal file, "memory", or None for
+    runs/search/NAME/study.db (then the run directory is recorded for `bitfront best`)."""
+    name = study_name or run_dir("search", lm.name).name
+    url = storage if storage is not None else default_storage(name)
+    planner = build_search(lm, config, setup, mbpp_source=mbpp, show_progress=show_progress)
+    study = planner.run(url, name, config.trials, worker=worker, show_progress=show_progress)
+    if storage is None:
+        write_pointer(run_dir("search", name), url, name, lm.name)
+    return SearchResult.of(study)
+
+
+def best_under(result: SearchResult, *, memory: int | str | None = None,
+               latency: float | str | None = None) -> Point:
+    """The most accurate feasible plan within the budgets (`NoPlanError` if none fits)."""
+    memory = parse_bytes(memory) if isinstance(memory, str) else memory
+    latency = parse_seconds(latency) if isinstance(latency, str) else latency
+    return _best_under(result.points, memory=memory, latency=latency,
+                       accuracy=accuracy_metric(result.config))
+
+
+def quantize(lm: CodeLM, plan: BitPlan, candidates: Candidates | None = None, *,
+             mbpp: str | None = None) -> torch.nn.Module:
+    """A copy of `lm`'s network carrying `plan`'s packed low-bit weights (the plan's own GPTQ
+    candidates, computed if not cached), like torchao's `quantize_`."""
+    candidates = candidates or candidates_for_plan(lm, plan, mbpp_source=mbpp)
+    return packed_module(lm, plan, candidates)
+
+
+def export(plan: BitPlan | tuple[SearchResult, Point], format: str, path: str | Path, *,
+           lm: CodeLM | None = None, mbpp: str | None = None) -> Path:
+    """Write `plan` (or a search result's point, with its metrics and provenance) in `format`
+    (json, gptqmodel, llama-cpp, compressed-tensors) to `path`. A checkpoint format needs
+    `lm`, whose candidates for the plan are loaded from the cache (or computed)."""
+    metrics, provenance = {}, {}
+    if isinstance(plan, tuple):
+        result, point = plan
+        metrics = point.metrics.to_dict()
+        provenance = {"study": result.study, "trial": point.number, "origin": point.origin,
+                      "candidates": result.config["candidates"]}
+        plan = result.plan(point)
+    candidates = None
+    if format in CHECKPOINTS and lm is not None:
+        candidates = candidates_for_plan(lm, plan, mbpp_source=mbpp)
+    return write_export(plan, format, Path(path), lm=lm, candidates=candidates,
+                        metrics=metrics, provenance=provenance)
+
+
+def evaluate(lm: CodeLM, config: EvalConfig = EvalConfig(), *, plan: BitPlan | None = None,
+             out: str | Path | None = None, mbpp: str | None = None,
+             show_progress: bool = True) -> dict:
+    """Full pass@k of `lm` (with `plan` applied, if given) through the sandbox; resumable
+    through the journal beside `out`."""
+    from bitfront.objectives.fidelity import plan_model_key
+    from bitfront.quant.apply import PlanApplier
+
+    out = Path(out) if out else run_dir("eval", lm.name) / f"{config.bench}.json"
+    if plan is None:
+        return _evaluate(lm, config, out, mbpp_source=mbpp, show_progress=show_progress)
+    candidates = candidates_for_plan(lm, plan, mbpp_source=mbpp, show_progress=show_progress)
+    with PlanApplier(lm, candidates).applied(plan):
+        return _evaluate(lm, config, out, model_key=plan_model_key(lm, plan, candidates),
+                         mbpp_source=mbpp, show_progress=show_progress)
+
+
+def run_study(spec: StudySpec | str | Path, root: str | Path = "runs", *,
+              show_progress: bool = True) -> Path:
+    """Run (or resume) a study; returns its run directory (report.md, report.json, plots)."""
+    from bitfront.studies.runner import run_study as _run_study
+
+    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
+    return _run_study(spec, Path(root), show_progress=show_progress)

@@ -1,0 +1,193 @@
+"""The judge: runs a benchmark's tests, outside the sandbox, against a program that lives in it.
+
+Started by sandbox.py as `python -S -B judge.py TO_JAIL FROM_JAIL`, with the spec (`program`,
+`tests`, `entry_point`, `limits`) as JSON on stdin; writes its verdict as one JSON object to
+stdout. It sets its own rlimits, sends the program to the jail, asks it for the names the tests
+read but do not define (the entry point, helpers such as HumanEval's `poly`; built-ins stay the
+judge's own, but for the entry point), and runs each test here. A name's value crosses by value
+if it is plain data; anything else (a function, a class, an instance) becomes a `Remote`:
+calling it, reading or setting its attributes are requests whose arguments and results cross by
+value (`wire`), and it cannot be compared, hashed or tested for truth, so no object of the
+program's ever takes part in an assertion. The verdict is decided here: passed when every test
+ran without an exception.
+"""
+
+import ast
+import builtins
+import errno
+import json
+import os
+import resource
+import sys
+
+import wire
+
+_EXHAUSTION = {"MemoryError", "RecursionError", "BlockingIOError"}
+_EXHAUSTION_ERRNOS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.EFBIG}
+_CONTROL_FLOW = {"StopIteration", "StopAsyncIteration"}  # would end a test's loop quietly
+
+
+class SandboxLost(BaseException):  # noqa: N818 - not an Exception: tests must not swallow it
+    """The jail ended (`ended`: exit, signal, limit) or broke the protocol."""
+
+    def __init__(self, message: str, ended: bool):
+        super().__init__(message)
+        self.ended = ended
+
+
+class CandidateError(Exception):
+    """An exception of the program's that is not a built-in exception."""
+
+
+class Remote:
+    """An object of the program's that is not plain data: it stays in the sandbox."""
+
+    __slots__ = ("_channel", "_handle")
+
+    def __init__(self, channel: "Channel", handle: int):
+        object.__setattr__(self, "_channel", channel)
+        object.__setattr__(self, "_handle", handle)
+
+    def __call__(self, *args, **kwargs):
+        return self._channel.request("call", self._handle, list(args), kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._channel.request("getattr", self._handle, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        self._channel.request("setattr", self._handle, name, value)
+
+    def _opaque(self, *args):
+        raise TypeError(f"{self!r} is not plain data: it cannot be compared or tested")
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = _opaque
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<sandbox object #{self._handle}>"
+
+
+class Channel:
+    """Requests to the jail, one at a time; broken for good after any protocol failure."""
+
+    def __init__(self, to_jail: int, from_jail: int):
+        self.to_jail, self.from_jail = to_jail, from_jail
+        self.lost: SandboxLost | None = None
+
+    def _handle(self, value) -> int:
+        if isinstance(value, Remote) and value._channel is self:
+            return value._handle
+        raise TypeError(f"a {type(value).__name__} is not plain data and cannot be passed to "
+                        "the program")
+
+    def _remote(self, handle: int) -> Remote:
+        return Remote(self, handle)
+
+    def request(self, op: str, *args):
+        frame = wire.pack([op, *(wire.encode(arg, self._handle) for arg in args)])
+        if self.lost:
+            raise self.lost
+        try:
+            wire.send(self.to_jail, frame)
+            reply = wire.receive(self.from_jail)
+            if reply[0] == "ok" and len(reply) == 2:
+                return wire.decode(reply[1], self._remote)
+            if reply[0] != "error" or len(reply) != 4:
+                raise ValueError("not a reply")
+        except (EOFError, BrokenPipeError) as exc:
+            self.lost = SandboxLost(f"the program's process ended ({exc})", ended=True)
+        except Exception as exc:  # noqa: BLE001 - anything malformed the jail sent
+            self.lost = SandboxLost(f"the sandbox sent a malformed reply ({type(exc).__name__}: "
+                                    f"{exc})"[:300], ended=False)
+        if self.lost:
+            raise self.lost
+        raise _candidate_error(*reply[1:])
+
+
+def _candidate_error(name, message, number) -> Exception:
+    """The program's exception as a built-in one of the same name where there is one (tests
+    may catch it; not StopIteration), else a CandidateError; `candidate_type` keeps the
+    original name."""
+    name, message = str(name)[:100], str(message)[:500]
+    kind = getattr(builtins, name, None)
+    exc: Exception
+    try:
+        if not (isinstance(kind, type) and issubclass(kind, Exception)) or name in _CONTROL_FLOW:
+            raise TypeError
+        exc = kind(message)
+    except Exception:  # noqa: BLE001 - no such built-in, or one with other arguments
+        exc = CandidateError(f"{name}: {message}")
+    if isinstance(exc, OSError):
+        exc.errno = number if type(number) is int else None
+    exc.candidate_type = name  # type: ignore[attr-defined]
+    return exc
+
+
+def _free_names(tests: list[str], entry_point: str | None) -> list[str]:
+    """Names the tests read but never bind, and that are not built-ins (the entry point may
+    be one): the program's."""
+    read, bound = set(), set(dir(builtins)) - {entry_point}
+    for node in (node for test in tests for node in ast.walk(ast.parse(test))):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.arg) or isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.arg if isinstance(node, ast.arg) else node.name)
+    return sorted(name for name in read - bound if not name.startswith("__"))
+
+
+def _verdict(exc: BaseException, stage: int | None, tests: list[str]) -> dict:
+    kind = getattr(exc, "candidate_type", type(exc).__name__)
+    where = "the program" if stage is None else f"test {stage}"
+    if isinstance(exc, SandboxLost):
+        return {"status": "crashed", "detail": f"{exc} during {where}", "ended": exc.ended}
+    if kind in _EXHAUSTION or getattr(exc, "errno", None) in _EXHAUSTION_ERRNOS:
+        return {"status": "crashed", "detail": f"{kind} in {where} (resource limit): {exc}"[:500]}
+    if kind == "SystemExit":
+        return {"status": "crashed", "detail": f"SystemExit in {where} before the tests finished"}
+    test = "" if stage is None else (tests[stage].strip().splitlines() or [""])[0]
+    return {"status": "failed", "detail": f"{kind}: {exc}"[:500], "test": test}
+
+
+def judge(spec: dict, channel: Channel) -> dict:
+    tests = spec["tests"]
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        channel.request("load", spec["program"])
+        wanted = _free_names(tests, spec["entry_point"])
+        values = channel.request("lookup", wanted)
+        namespace.update({name: values[name] for name in wanted if name in values})
+    except BaseException as exc:  # noqa: BLE001 - decided below
+        return _verdict(exc, None, tests)
+    for stage, test in enumerate(tests):
+        try:
+            exec(compile(test, f"test_{stage}.py", "exec"), namespace)
+        except BaseException as exc:  # noqa: BLE001 - decided below
+            return _verdict(exc, stage, tests)
+    if channel.lost:  # a test swallowed the loss
+        return _verdict(channel.lost, len(tests) - 1, tests)
+    return {"status": "passed", "detail": ""}
+
+
+def main() -> None:
+    spec = json.load(sys.stdin)
+    for name, (soft, hard) in spec["limits"].items():
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    verdict_fd = os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)  # what the tests print goes nowhere
+    try:
+        verdict = judge(spec, Channel(int(sys.argv[1]), int(sys.argv[2])))
+    except BaseException as exc:  # noqa: BLE001 - our own failure, still a verdict
+        verdict = {"status": "crashed", "detail": f"judge: {type(exc).__name__}: {exc}"[:500]}
+    os.write(verdict_fd, json.dumps(verdict).encode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The wire between the judge and the jail: plain data in length-prefixed JSON frames.
+
+A value crosses as JSON: None, bool, int, float and str as themselves, lists as arrays, the
+other plain types as one-key objects: {"t": [...]} tuple, {"s": [...]} set, {"f": [...]}
+frozenset, {"d": [[key, value], ...]} dict, {"c": [real, imag]} complex, {"b": hex} bytes,
+{"y": hex} bytearray, {"i": hex} an int too long for a JSON number, and {"h": n} a handle: an
+object that is not plain data, which stays on the side where it lives. Decoding builds exact
+built-in types only, so nothing a sender does to its own objects (a custom `__eq__`, a
+subclass, a patched module) reaches the receiver. Standard library only: the jail imports this
+module inside the sandbox.
+"""
+
+import json
+import os
+import struct
+
+MAX_FRAME = 16 << 20  # bytes in one message; a longer one is refused unread
+_HEADER = struct.Struct("!I")
+_LONG = 1 << 64  # ints at least this large cross as hex (JSON numbers stop at 4300 digits)
+_SEQUENCES = {"t": tuple, "s": set, "f": frozenset}
+
+
+def encode(value, handle):
+    """`value` as JSON-ready data; `handle(obj) -> int` names what is not plain data."""
+    if value is None or isinstance(value, bool | str | float):
+        return value
+    if isinstance(value, int):
+        return value if -_LONG < value < _LONG else {"i": format(value, "x")}
+    if isinstance(value, list):
+        return [encode(item, handle) for item in value]
+    if isinstance(value, dict):
+        return {"d": [[encode(k, handle), encode(v, handle)] for k, v in value.items()]}
+    for tag, kind in _SEQUENCES.items():
+        if isinstance(value, kind):
+            return {tag: [encode(item, handle) for item in value]}
+    if isinstance(value, complex):
+        return {"c": [value.real, value.imag]}
+    if isinstance(value, bytes):
+        return {"b": value.hex()}
+    if isinstance(value, bytearray):
+        return {"y": value.hex()}
+    return {"h": handle(value)}
+
+
+def decode(data, resolve):
+    """JSON-loaded `data` back to a value of exact built-in types; `resolve(n)` gives the
+    object handle n names. Raises (ValueError, TypeError, ...) on anything malformed."""
+    if isinstance(data, list):
+        return [decode(item, resolve) for item in data]
+    if not isinstance(data, dict):
+        return data
+    ((tag, body),) = data.items()
+    if tag in _SEQUENCES:
+        return _SEQUENCES[tag](decode(item, resolve) for item in _array(body))
+    if tag == "d":
+        return {decode(k, resolve): decode(v, resolve) for k, v in _array(body)}
+    if tag == "c":
+        real, imag = _array(body)
+        return complex(float(real), float(imag))
+    if tag in ("b", "y", "i"):
+        if not isinstance(body, str):
+            raise TypeError(f"malformed {tag!r} value")
+        return int(body, 16) if tag == "i" else (bytes if tag == "b" else bytearray).fromhex(body)
+    if tag == "h" and type(body) is int:
+        return resolve(body)
+    raise ValueError(f"unknown value tag {tag!r}")
+
+
+def _array(body) -> list:
+    if not isinstance(body, list):
+        raise TypeError("malformed value")
+    return body
+
+
+def pack(message) -> bytes:
+    """One frame: a 4-byte length, then the message as JSON."""
+    data = json.dumps(message, separators=(",", ":")).encode()
+    if len(data) > MAX_FRAME:
+        raise ValueError(f"a message of {len(data)} bytes is over the {MAX_FRAME}-byte limit")
+    return _HEADER.pack(len(data)) + data
+
+
+def send(fd: int, frame: bytes) -> None:
+    view = memoryview(frame)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def receive(fd: int):
+    """The next message; EOFError when the other side has gone, ValueError when the frame is
+    over MAX_FRAME (not read) or not JSON."""
+    (size,) = _HEADER.unpack(_read(fd, _HEADER.size))
+    if size > MAX_FRAME:
+        raise ValueError(f"a message of {size} bytes is over the {MAX_FRAME}-byte limit")
+    return json.loads(_read(fd, size))
+
+
+def _read(fd: int, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            raise EOFError("the other side closed the channel")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,49 @@
+"""Writing a plan in any export format: the one dispatch the API, the command line and the
+study runner share. Text formats need only the plan; checkpoints need the model and the
+candidates the plan was made from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bitfront.errors import BitfrontError
+from bitfront.exports.formats import export_json, gptqmodel_config, llama_cpp_args
+from bitfront.space.plan import BitPlan
+
+FORMATS = ("json", "gptqmodel", "llama-cpp", "compressed-tensors")
+CHECKPOINTS = ("compressed-tensors",)
+
+
+def plan_text(plan: BitPlan, format: str, *, metrics: dict | None = None,
+              provenance: dict | None = None, arch: str = "qwen3") -> str:
+    """`plan` in a text format (json, gptqmodel, llama-cpp)."""
+    if format == "json":
+        return json.dumps(export_json(plan, metrics or {}, provenance or {}), indent=2)
+    if format == "gptqmodel":
+        quantizer = plan.meta.get("quantizer") or {}
+        return json.dumps(gptqmodel_config(plan, act_order=quantizer.get("act_order", False),
+                                           damp=quantizer.get("percdamp", 0.01)), indent=2)
+    if format == "llama-cpp":
+        return "\n".join(llama_cpp_args(plan, arch))
+    raise BitfrontError(f"unknown export format {format!r}; choose from {FORMATS}")
+
+
+def write_export(plan: BitPlan, format: str, path: Path, *, lm=None, candidates=None,
+                 metrics: dict | None = None, provenance: dict | None = None) -> Path:
+    """Write `plan` to `path`: a file for text formats, a model directory for checkpoints
+    (those need `lm` and the plan's `candidates`)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise BitfrontError(f"cannot write {path}: {path.parent} is not a directory")
+    if format in CHECKPOINTS:
+        if lm is None or candidates is None:
+            raise BitfrontError(f"a {format} checkpoint needs the model and its candidates")
+        from bitfront.exports.compressed_tensors import write_compressed_tensors
+
+        return write_compressed_tensors(lm, plan, candidates, path)
+    arch = getattr(getattr(lm, "module", None), "config", None)
+    text = plan_text(plan, format, metrics=metrics, provenance=provenance,
+                     arch=getattr(arch, "model_type", "qwen3"))
+    path.write_text(text + "\n")
+    return path

@@ -1,0 +1,51 @@
+"""Every use of Optuna's private API, in one place (tests/test_optuna_private.py fails loudly
+when an Optuna release changes one of them).
+
+- `compute_hypervolume`: Optuna's exact hypervolume (WFG), not exported publicly;
+- a frozen trial's storage id (`_trial_id`), to mark a dead worker's trial failed;
+- the parameters an enqueued trial was fixed to (system attribute `fixed_params`);
+- `Trial.relative_params`: asking NSGA-II for the relative parameters puts an enqueued trial
+  into the sampler's current generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+
+import optuna
+from optuna._hypervolume import compute_hypervolume
+
+__all__ = ["compute_hypervolume", "fixed_params", "join_generation", "quiet", "trial_id"]
+
+
+def trial_id(trial: optuna.trial.FrozenTrial) -> int:
+    return trial._trial_id
+
+
+def fixed_params(trial: optuna.trial.FrozenTrial) -> dict:
+    """The parameters an enqueued trial was given (else the ones it sampled)."""
+    return trial.system_attrs.get("fixed_params", trial.params)
+
+
+def join_generation(trial: optuna.Trial) -> None:
+    """Enqueued seeds fix every parameter, so Optuna would never ask NSGA-II about them and
+    they would get no generation; asking puts them in the current one."""
+    _ = trial.relative_params
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Optuna's per-trial INFO logs and experimental-feature warnings off, for this block only
+    (bitfront shows its own progress); the process's settings are restored afterwards."""
+    logger = logging.getLogger("optuna")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,55 @@
+"""From a loaded model to a ready `PlanSearch`: candidates, HAWQ sensitivities, the latency
+table and the proxy, each computed once and cached (candidate cache, sensitivity file beside
+it, latency table per device)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bitfront.config import SCHEMA, Config, setting
+from bitfront.models.base import CodeLM
+from bitfront.objectives.latency import Workload, measure_latency_table
+from bitfront.objectives.proxy import AccuracyProxy, ProxyConfig
+from bitfront.objectives.sensitivity import (
+    SensitivityConfig,
+    cached_sensitivity,
+    gptq_loss_sensitivity,
+)
+from bitfront.planner.study import PlanSearch, SearchConfig
+from bitfront.quant.calibration import CalibrationConfig, calibration_set
+from bitfront.quant.candidates import QuantizerSettings, build_candidates
+from bitfront.space.layers import SpaceConfig, layer_space
+
+
+@dataclass(frozen=True)
+class Setup(Config):
+    """Everything a search depends on besides the search itself."""
+
+    quantizer: QuantizerSettings = setting(factory=QuantizerSettings)
+    space: SpaceConfig = setting(factory=SpaceConfig)
+    calibration: CalibrationConfig = setting(factory=CalibrationConfig)
+    sensitivity: SensitivityConfig = setting(factory=SensitivityConfig)
+    proxy: ProxyConfig = setting(factory=ProxyConfig)
+    latency: Workload = setting(factory=Workload)
+
+
+def build_search(lm: CodeLM, config: SearchConfig, setup: Setup, *, mbpp_source=None,
+                 show_progress: bool = True) -> PlanSearch:
+    space = layer_space(lm, **setup.space.to_dict())
+    calibration = calibration_set(lm, setup.calibration, mbpp_source=mbpp_source)
+    candidates = build_candidates(lm, space, calibration, settings=setup.quantizer,
+                                  show_progress=show_progress)
+    sensitivity = None
+    if config.ilp_budgets > 0 and config.cheap_sensitivity:
+        sensitivity = gptq_loss_sensitivity(lm.name, candidates)
+    elif config.ilp_budgets > 0:
+        sensitivity = cached_sensitivity(lm, candidates, calibration, setup.sensitivity,
+                                         show_progress=show_progress)
+    table = None
+    if "latency" in config.objectives or config.latency_budget is not None:
+        table = measure_latency_table(lm, space, setup.latency, bits=config.choices,
+                                      group_size=setup.quantizer.group_size,
+                                      show_progress=show_progress)
+    proxy = AccuracyProxy(lm, setup.proxy, mbpp_source=mbpp_source)
+    settings = {"schema": SCHEMA, "setup": setup.to_dict(), "search": config.to_dict()}
+    return PlanSearch(lm, candidates, proxy, table, sensitivity, config, settings=settings)
