@@ -27,7 +27,7 @@ from bitfront.paths import run_dir
 from bitfront.planner.front import NoPlanError, Point, SearchResult, accuracy_metric
 from bitfront.planner.front import best_under as _best_under
 from bitfront.planner.pipeline import Setup, build_search
-from bitfront.planner.study import SearchConfig, default_storage, write_pointer
+from bitfront.planner.study import SearchConfig, default_storage, open_storage, write_pointer
 from bitfront.quant.apply import candidates_for_plan, packed_module
 from bitfront.quant.calibration import calibration_set
 from bitfront.quant.candidates import Candidates
@@ -50,17 +50,21 @@ def load_model(name: str, *, device: str | None = None, dtype: torch.dtype | Non
 def build_candidates(lm: CodeLM, setup: Setup = Setup(), *, mbpp: str | None = None,
                      show_progress: bool = True) -> Candidates:
     """GPTQ candidates of every quantizable layer at every bitwidth (cached on disk)."""
+    return _candidates(lm, setup, mbpp, show_progress)[0]
+
+
+def _candidates(lm: CodeLM, setup: Setup, mbpp: str | None, show_progress: bool):
+    """The candidates of `setup` and the calibration set they were computed from."""
     space = layer_space(lm, **setup.space.to_dict())
     calibration = calibration_set(lm, setup.calibration, mbpp_source=mbpp)
     return _build_candidates(lm, space, calibration, settings=setup.quantizer,
-                             show_progress=show_progress)
+                             show_progress=show_progress), calibration
 
 
 def sensitivity(lm: CodeLM, setup: Setup = Setup(), *, mbpp: str | None = None,
                 show_progress: bool = True) -> Sensitivity:
     """HAWQ sensitivity Ω of every layer at every candidate bitwidth (cached on disk)."""
-    candidates = build_candidates(lm, setup, mbpp=mbpp, show_progress=show_progress)
-    calibration = calibration_set(lm, setup.calibration, mbpp_source=mbpp)
+    candidates, calibration = _candidates(lm, setup, mbpp, show_progress)
     return cached_sensitivity(lm, candidates, calibration, setup.sensitivity,
                               show_progress=show_progress)
 
@@ -68,16 +72,21 @@ def sensitivity(lm: CodeLM, setup: Setup = Setup(), *, mbpp: str | None = None,
 def search(lm: CodeLM, config: SearchConfig = SearchConfig(), setup: Setup = Setup(), *,
            storage: str | optuna.storages.BaseStorage | None = None,
            study_name: str | None = None, worker: int = 0, mbpp: str | None = None,
-           show_progress: bool = True) -> SearchResult:
+           record: str | Path | None = None, show_progress: bool = True) -> SearchResult:
     """The Pareto front of bit plans. `storage`: an Optuna storage object, a URL
     (sqlite:///…, postgresql://…), a journal file, "memory", or None for
-    runs/search/NAME/study.db (then the run directory is recorded for `bitfront best`)."""
+    runs/search/NAME/study.db. A study in a URL storage is recorded in the directory `record`
+    (by default runs/search/NAME when `storage` is None) as the search starts, so that
+    `bitfront best` finds it while it runs and after it was killed."""
     name = study_name or run_dir("search", lm.name).name
     url = storage if storage is not None else default_storage(name)
+    open_storage(url)  # an unreachable storage fails now, before any expensive stage
     planner = build_search(lm, config, setup, mbpp_source=mbpp, show_progress=show_progress)
+    if record is None and storage is None:
+        record = run_dir("search", name)
+    if record is not None and isinstance(url, str):
+        write_pointer(Path(record), url, name, lm.name)
     study = planner.run(url, name, config.trials, worker=worker, show_progress=show_progress)
-    if storage is None:
-        write_pointer(run_dir("search", name), url, name, lm.name)
     return SearchResult.of(study)
 
 

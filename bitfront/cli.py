@@ -1,11 +1,13 @@
 """The `bitfront` command: one verb per user question. Flags become the same config objects
 the Python API takes (bitfront/flags.py), the API answers, and this module prints tables or
-JSON. User errors (`BitfrontError`) become one line on stderr and exit code 1."""
+JSON. User errors (`BitfrontError`) become one line on stderr and exit code 1 (3 when no plan
+meets the budget); anything else is a bug: its traceback, and exit code 4."""
 
 from __future__ import annotations
 
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +16,8 @@ from rich.console import Console
 import bitfront
 from bitfront.errors import BitfrontError
 
-# Stable exit codes for batch use.
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_PLAN = 0, 1, 2, 3
+# Stable exit codes for batch use: 1 is the user's error, 4 a bug in bitfront.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_PLAN, EXIT_BUG = 0, 1, 2, 3, 4
 
 # Logs and pipes get a wide console so tables are not truncated; terminals use their width.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -217,14 +219,20 @@ def cmd_fidelity(args) -> int:
 def _print_front(summary: dict) -> None:
     from bitfront.units import format_bytes
 
-    rows = [[str(r["trial"]), r["origin"], f"{r['retention']:.4f}",
+    rows = [[str(r["trial"]), r["origin"], f"{r['retention']:.4f}" + (
+                 f" [{r['retention_low']:.3f}, {r['retention_high']:.3f}]"
+                 if "retention_low" in r else ""),
              format_bytes(r["memory_bytes"]), f"{r['avg_bits']:.2f}",
              f"{r['latency_s']:.4g}" if "latency_s" in r else "-",
              "knee" if r["trial"] == summary["knee"] else ""] for r in summary["front"]]
     _table(f"Pareto front of {summary['study']} ({summary['trials']} trials, "
            f"{summary['feasible']} feasible)",
-           ("trial", "origin", "retention", "memory", "avg bits", "latency s", ""), rows,
+           ("trial", "origin", "retention [95% CI]", "memory", "avg bits", "latency s", ""), rows,
            left=("origin", ""))
+    for requeued in summary["requeued_seeds"]:
+        out.print(f"note: seed {requeued['origin']} ran again after its worker died (after "
+                  f"{requeued['after_completed']} completed trials); the front can differ "
+                  "from an uninterrupted search's")
     ref = summary["reference"]
     out.print(f"hypervolume {summary['hypervolume']:.4f} (normalised; reference: retention 0, "
               f"memory {format_bytes(ref['memory'])}"
@@ -234,7 +242,7 @@ def _print_front(summary: dict) -> None:
 def cmd_search(args) -> int:
     from bitfront.flags import config_from_flags
     from bitfront.paths import default_storage, run_dir
-    from bitfront.planner.study import SearchConfig, write_pointer
+    from bitfront.planner.study import SearchConfig
 
     config, setup = config_from_flags(SearchConfig, args), _setup(args)
     lm = _load(args)
@@ -242,8 +250,8 @@ def cmd_search(args) -> int:
     storage = args.storage or default_storage(name)
     result = bitfront.search(lm, config, setup,
                              storage=storage, study_name=name, worker=args.worker,
-                             mbpp=_mbpp(args), show_progress=not args.json)
-    write_pointer(run_dir("search", name), storage, name, lm.name)
+                             mbpp=_mbpp(args), record=run_dir("search", name),
+                             show_progress=not args.json)
     summary = result.summary()
     path = run_dir("search", name) / "front.json"
     path.write_text(json.dumps(summary, indent=1) + "\n")
@@ -454,10 +462,15 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except BitfrontError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return EXIT_ERROR
+        return EXIT_NO_PLAN if isinstance(exc, bitfront.NoPlanError) else EXIT_ERROR
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except Exception:  # a bug in bitfront, not the user's input
+        traceback.print_exc()
+        err.print(f"this is a bug in bitfront {bitfront.__version__}; please report it with "
+                  "the traceback above", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -19,3 +19,7 @@ class DataError(BitfrontError):
 
 class PlanError(BitfrontError):
     """A bit plan that does not fit the model: unknown layers, unsupported bits, gaps."""
+
+
+class NoPlanError(BitfrontError):
+    """No plan meets the budget (the CLI exits 3)."""

@@ -1,8 +1,13 @@
 """Where bitfront keeps what it computes once: the user cache directory."""
 
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def cache_dir() -> Path:
@@ -36,3 +41,14 @@ def run_dir(kind: str, name: str) -> Path:
 def default_storage(study_name: str) -> str:
     """The SQLite storage of a search run that names no storage."""
     return f"sqlite:///{(run_dir('search', study_name) / 'study.db').resolve()}"
+
+
+def read_cached(path: Path, parse: Callable[[dict], T]) -> T | None:
+    """`parse` of the JSON cache file at `path`; None when it is absent or damaged (cut
+    short, not JSON, or not the structure `parse` expects), so the caller recomputes it."""
+    try:
+        return parse(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

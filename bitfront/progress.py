@@ -3,6 +3,7 @@
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,8 +16,10 @@ from rich.progress import (
 T = TypeVar("T")
 
 
-def progress_bar(transient: bool = False) -> Progress:
-    """A rich Progress with description, bar, count, elapsed time and ETA."""
+def progress_bar(transient: bool = False, show: bool = True) -> Progress:
+    """A rich Progress with description, bar, count, elapsed time and ETA, drawn on stderr so
+    that stdout holds only results (`--json` output stays parseable); nothing when `show` is
+    False."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -26,6 +29,8 @@ def progress_bar(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         transient=transient,
+        console=Console(stderr=True),
+        disable=not show,
     )
 
 

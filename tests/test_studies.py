@@ -32,13 +32,18 @@ def test_study_report_holds_every_part(micro_run):
         assert model["model"]["family"] == label
         assert [u["bits"] for u in model["uniform"]] == [16, 4, 2]
         for row in model["uniform"] + model["verified"]:
-            assert set(row["pass@1"]) == {"mbpp", "humaneval"}
+            assert set(row["pass@1"]) == {"pocket", "mbpp", "humaneval"}
+            for bench, (low, high) in row["pass@1_interval"].items():
+                assert low <= row["pass@1"][bench] <= high
             assert row["retention"] >= 0 and row["memory_bytes"] > 0
         assert model["uniform"][0]["retention"] == 1.0  # 16 bits: nothing lost
         assert 0 < model["hypervolume"] <= 1 and model["front"] and model["knee"] is not None
         assert 1 <= len(model["verified"]) <= spec.verify.front
         assert all(Path(p).exists() for p in model["exports"])
-        assert "kendall_tau" in model["fidelity"]
+        assert "kendall_tau" in model["fidelity"] and model["fidelity"]["bench"] == "pocket"
+        assert model["fidelity"]["plans"] == 3 + len(model["verified"]) + 2  # uniform, front, mixed
+        for row in model["uniform"]:
+            assert row["retention_low"] <= row["retention"] <= row["retention_high"]
     assert report["findings"] and report["findings"][0].startswith("At ≤ ")
     assert "diffusion model" in report["findings"][0] and "autoregressive" in report["findings"][0]
     comparison = report["comparison"]

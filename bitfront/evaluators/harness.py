@@ -141,11 +141,19 @@ class EvalConfig(Config):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _read_journal(path: Path, key: str) -> dict[str, dict]:
+def _read_journal(path: Path, key: str) -> dict[str, dict] | None:
+    """The finished tasks of the journal at `path`; None when it is absent or its header was
+    damaged (the journal is then started afresh)."""
     if not path.exists():
-        return {}
+        return None
     lines = path.read_text().splitlines()
-    if not lines or json.loads(lines[0]).get("key") != key:
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or "key" not in header:
+        return None
+    if header["key"] != key:
         raise BitfrontError(f"{path} holds a run with other settings or another model; "
                             "choose another --out or delete it")
     done = {}
@@ -154,7 +162,8 @@ def _read_journal(path: Path, key: str) -> dict[str, dict]:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill: redo that task
             continue
-        done[record["task_id"]] = record
+        if isinstance(record, dict) and "task_id" in record:
+            done[record["task_id"]] = record
     return done
 
 
@@ -172,9 +181,10 @@ def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None
     key = config.key(model_key or lm.fingerprint(), extra)
     journal = out.with_name(out.name + ".partial.jsonl")
     done = _read_journal(journal, key)
+    if done is None:  # the header is written whole or not at all
+        write_atomic(journal, json.dumps({"key": key, "config": asdict(config)}) + "\n")
+        done = {}
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not journal.exists():
-        journal.write_text(json.dumps({"key": key, "config": asdict(config)}) + "\n")
     limits = Limits(timeout=config.timeout, cpu_seconds=int(config.timeout) + 1,
                     isolation="none" if config.unsafe_no_sandbox else "bubblewrap")
     require_sandbox(limits.isolation)  # before generating anything

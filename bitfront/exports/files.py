@@ -35,7 +35,8 @@ def write_export(plan: BitPlan, format: str, path: Path, *, lm=None, candidates=
     (those need `lm` and the plan's `candidates`)."""
     path = Path(path)
     if not path.parent.is_dir():
-        raise BitfrontError(f"cannot write {path}: {path.parent} is not a directory")
+        raise BitfrontError(f"cannot write {path}: {path.parent} is not an existing "
+                            "directory; create it or choose another --out")
     if format in CHECKPOINTS:
         if lm is None or candidates is None:
             raise BitfrontError(f"a {format} checkpoint needs the model and its candidates")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Qwen3Config, Qwen3Model
@@ -97,6 +98,22 @@ class CoDANetwork(nn.Module):
         return self.lm_head(shifted if positions is None else shifted[positions])
 
 
+def read_config(directory: Path) -> dict:
+    """`directory/config.json` as a dict (`CheckpointError` when missing or malformed)."""
+    path = directory / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{directory} has no config.json")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); restore it from the "
+                              "model's original files") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a JSON object; restore it from the model's "
+                              "original files")
+    return config
+
+
 def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     index = directory / "model.safetensors.index.json"
     if index.exists():
@@ -108,7 +125,11 @@ def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
                               "model.safetensors.index.json: not a CoDA checkpoint")
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
-        state.update(load_file(directory / shard))
+        try:
+            state.update(load_file(directory / shard))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"cannot read {directory / shard} ({exc}): the file is "
+                                  "damaged or truncated; download it again") from exc
     return state
 
 
@@ -149,10 +170,7 @@ def load_coda_network(directory: Path, *, dtype: torch.dtype = torch.float32,
                       device: str | torch.device = "cpu", attn: str = "sdpa"
                       ) -> tuple[CoDANetwork, CoDATokens]:
     """Build the network from `config.json` and load its safetensors, checking every key."""
-    config_path = directory / "config.json"
-    if not config_path.exists():
-        raise CheckpointError(f"{directory} has no config.json")
-    raw = json.loads(config_path.read_text())
+    raw = read_config(directory)
     config = backbone_config(raw)
     config._attn_implementation = attn
     eos = raw.get("eos_token_id") or CoDATokens.eos

@@ -13,12 +13,13 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from bitfront.errors import CheckpointError, UnknownModelError
 from bitfront.kernels.attention import choose_attention
 from bitfront.models.base import CodeLM
 from bitfront.models.causal import CausalLM
-from bitfront.models.coda import is_coda_config, load_coda_network
+from bitfront.models.coda import is_coda_config, load_coda_network, read_config
 from bitfront.models.diffusion import DiffusionLM
 from bitfront.models.registry import registered
 
@@ -84,8 +85,7 @@ def load_local(path: Path, *, name: str | None = None, device: torch.device | st
         source, extra = path.parent, {"gguf_file": path.name}
     else:
         source, extra = path, {}
-        config = json.loads((path / "config.json").read_text())
-        if is_coda_config(config):
+        if is_coda_config(read_config(path)):
             network, tokens = load_coda_network(path, dtype=dtype, device=device, attn=attn)
             tokenizer = _tokenizer(path)
             return DiffusionLM(name, network, tokenizer, tokens)
@@ -94,8 +94,10 @@ def load_local(path: Path, *, name: str | None = None, device: torch.device | st
                      else _tokenizer(source))
         module, info = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, attn_implementation=attn, output_loading_info=True, **extra)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot load {path} as a causal LM: {exc}") from exc
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load {path} as a causal LM ({reason}); check that its "
+                              "files are complete (a truncated download?)") from exc
     if bad := [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())]:
         shown = ", ".join(str(k) for k in list(bad)[:5])
         raise CheckpointError(f"{path} does not match its config: {len(bad)} missing or "

@@ -38,7 +38,7 @@ from bitfront.kernels.qlinear import QuantLinear
 from bitfront.kernels.quant import rtn_quantize
 from bitfront.models.base import CodeLM
 from bitfront.models.diffusion_sampling import DiffusionOptions, diffusion_sample
-from bitfront.paths import cache_dir, write_atomic
+from bitfront.paths import cache_dir, read_cached, write_atomic
 from bitfront.progress import track
 from bitfront.space.layers import LayerSpace
 from bitfront.space.plan import BitPlan
@@ -191,10 +191,11 @@ class LatencyTable:
 def _table_key(lm: CodeLM, space: LayerSpace, workload: Workload, bits, dtype, device,
                group_size: int) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    # The architecture, not where the checkpoint lies: one table for every copy of a model.
+    config = lm.module.config.to_dict() if hasattr(lm.module.config, "to_dict") else {}
+    config.pop("_name_or_path", None)
     blob = json.dumps({"device": name, "threads": torch.get_num_threads(), "dtype": str(dtype),
-                       "torch": torch.__version__, "family": lm.family,
-                       "config": lm.module.config.to_dict() if hasattr(lm.module.config,
-                                                                       "to_dict") else {},
+                       "torch": torch.__version__, "family": lm.family, "config": config,
                        "attn": getattr(lm.module.config, "_attn_implementation", None),
                        "layers": [[l.out_features, l.in_features] for l in space.layers],
                        "workload": asdict(workload), "bits": list(bits),
@@ -269,8 +270,8 @@ def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
     device, dtype = lm.device, getattr(torch, workload.dtype)
     key = _table_key(lm, space, workload, bits, dtype, device, group_size)
     path = (root or cache_dir() / "latency") / f"{key}.json"
-    if path.exists():
-        return LatencyTable.from_dict(json.loads(path.read_text()))
+    if (cached := read_cached(path, LatencyTable.from_dict)) is not None:
+        return cached
     phases = workload.phases(lm.family)
     vocab, mask_id = len(lm.tokenizer), _mask_id(lm)
     layers: dict[str, float] = {}

@@ -23,7 +23,7 @@ from torch import nn
 from bitfront.config import Config, setting
 from bitfront.kernels.hvp import hutchinson_traces
 from bitfront.models.base import CodeLM
-from bitfront.paths import write_atomic
+from bitfront.paths import read_cached, write_atomic
 from bitfront.quant.calibration import Calibration
 from bitfront.quant.candidates import Candidates
 
@@ -153,8 +153,8 @@ def cached_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibrat
     c = config
     path = candidates.directory / (f"sensitivity-v{SCHEMA}-{c.method}-p{c.probes}-e{c.eps:g}"
                                    f"-s{c.seed}-b{c.batches or 'all'}.json")
-    if path.exists():
-        return Sensitivity.from_dict(json.loads(path.read_text()))
+    if (cached := read_cached(path, Sensitivity.from_dict)) is not None:
+        return cached
     sens = hawq_sensitivity(lm, candidates, calibration, config, show_progress=show_progress)
     write_atomic(path, json.dumps(sens.to_dict(), indent=1) + "\n")
     return sens

@@ -11,22 +11,18 @@ over the front.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from bitfront.errors import BitfrontError
+from bitfront.errors import BitfrontError, NoPlanError
 from bitfront.planner.metrics import TrialMetrics, objective_metric
 from bitfront.planner.optuna_private import compute_hypervolume
-from bitfront.planner.study import CONFIG_ATTR, OBJECTIVES
+from bitfront.planner.study import CONFIG_ATTR, OBJECTIVES, REQUEUED_ATTR
 from bitfront.space.plan import BitPlan
 from bitfront.units import format_bytes
-
-
-class NoPlanError(BitfrontError):
-    """No plan of the study meets the budget."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +52,7 @@ class SearchResult:
     front: list[Point]
     knee: Point | None
     hypervolume: float
+    requeued: list[dict] = field(default_factory=list)  # seeds run again (see study.py)
 
     @property
     def objectives(self) -> list[str]:
@@ -75,7 +72,8 @@ class SearchResult:
         front = pareto_front(pts, config["objectives"])
         return cls(study=study.study_name, config=config, points=pts, front=front,
                    knee=knee(front, config["objectives"]),
-                   hypervolume=hypervolume(pts, config["objectives"], reference_point(config)))
+                   hypervolume=hypervolume(pts, config["objectives"], reference_point(config)),
+                   requeued=study.user_attrs.get(REQUEUED_ATTR, []))
 
     def summary(self) -> dict:
         """The front in brief, JSON-ready: each front plan's trial, origin and metrics."""
@@ -84,6 +82,7 @@ class SearchResult:
                 "objectives": self.objectives, "reference": self.reference,
                 "hypervolume": self.hypervolume,
                 "knee": self.knee.number if self.knee else None,
+                "requeued_seeds": self.requeued,
                 "front": [{"trial": p.number, "origin": p.origin, **p.metrics.to_dict()}
                           for p in self.front]}
 
@@ -94,7 +93,7 @@ class SearchResult:
                 "objectives": self.objectives, "reference": self.reference,
                 "hypervolume": self.hypervolume,
                 "knee": self.knee.number if self.knee else None,
-                "front": [p.number for p in self.front],
+                "front": [p.number for p in self.front], "requeued_seeds": self.requeued,
                 "points": [p.to_dict() for p in self.points], "config": self.config}
 
 

@@ -2,10 +2,13 @@
 when an Optuna release changes one of them).
 
 - `compute_hypervolume`: Optuna's exact hypervolume (WFG), not exported publicly;
-- a frozen trial's storage id (`_trial_id`), to mark a dead worker's trial failed;
+- a frozen trial's storage id (`_trial_id`) and a study's storage (`_storage`), to mark a
+  dead worker's trial failed;
 - the parameters an enqueued trial was fixed to (system attribute `fixed_params`);
 - `Trial.relative_params`: asking NSGA-II for the relative parameters puts an enqueued trial
-  into the sampler's current generation.
+  into the sampler's current generation;
+- the random states of NSGA-II and TPE (`_rng`, `_random_sampler._rng`), reseeded before each
+  trial so that a resumed search draws what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ from collections.abc import Iterator
 import optuna
 from optuna._hypervolume import compute_hypervolume
 
-__all__ = ["compute_hypervolume", "fixed_params", "join_generation", "quiet", "trial_id"]
+__all__ = ["compute_hypervolume", "fixed_params", "join_generation", "quiet", "reseed",
+           "storage_of", "trial_id"]
 
 
 def trial_id(trial: optuna.trial.FrozenTrial) -> int:
     return trial._trial_id
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    return study._storage
 
 
 def fixed_params(trial: optuna.trial.FrozenTrial) -> dict:
@@ -34,6 +42,13 @@ def join_generation(trial: optuna.Trial) -> None:
     """Enqueued seeds fix every parameter, so Optuna would never ask NSGA-II about them and
     they would get no generation; asking puts them in the current one."""
     _ = trial.relative_params
+
+
+def reseed(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
+    """Set the random states of `sampler` (NSGA-II or TPE) and of its random fallback."""
+    for owner in (sampler, getattr(sampler, "_random_sampler", None)):
+        if owner is not None:
+            owner._rng.rng.seed(seed)
 
 
 @contextlib.contextmanager

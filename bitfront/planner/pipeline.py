@@ -15,10 +15,11 @@ from bitfront.objectives.sensitivity import (
     cached_sensitivity,
     gptq_loss_sensitivity,
 )
+from bitfront.planner.seeds import SeedProblem
 from bitfront.planner.study import PlanSearch, SearchConfig
 from bitfront.quant.calibration import CalibrationConfig, calibration_set
 from bitfront.quant.candidates import QuantizerSettings, build_candidates
-from bitfront.space.layers import SpaceConfig, layer_space
+from bitfront.space.layers import SpaceConfig, group_layers, layer_space
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class Setup(Config):
 def build_search(lm: CodeLM, config: SearchConfig, setup: Setup, *, mbpp_source=None,
                  show_progress: bool = True) -> PlanSearch:
     space = layer_space(lm, **setup.space.to_dict())
+    # An infeasible memory budget fails here, before any expensive stage.
+    SeedProblem.build(space, group_layers(space, config.grouping), list(config.choices),
+                      group_size=setup.quantizer.group_size,
+                      sym=setup.quantizer.sym).check(config.memory_budget)
     calibration = calibration_set(lm, setup.calibration, mbpp_source=mbpp_source)
     candidates = build_candidates(lm, space, calibration, settings=setup.quantizer,
                                   show_progress=show_progress)

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from bitfront.errors import BitfrontError
+from bitfront.errors import BitfrontError, NoPlanError
 from bitfront.space.layers import LayerSpace
 from bitfront.space.memory import layer_nbytes
 from bitfront.space.plan import QuantSpec
 from bitfront.units import format_bytes
 
 
-class BudgetError(BitfrontError):
+class BudgetError(NoPlanError):
     """A budget no plan can meet."""
 
 
@@ -45,15 +45,16 @@ class SeedProblem:
 
     @classmethod
     def build(cls, space: LayerSpace, groups: dict[str, list[str]], choices: list[int],
-              omega, *, group_size: int, sym: bool, layer_latency=None,
+              omega=None, *, group_size: int, sym: bool, layer_latency=None,
               fixed_latency: float = 0.0) -> SeedProblem:
-        """`omega(layer, bits)` and `layer_latency(layer, bits)` give per-layer values."""
+        """`omega(layer, bits)` and `layer_latency(layer, bits)` give per-layer values; without
+        `omega` (sensitivities not computed yet) only the budgets can be checked."""
         def table(fn) -> np.ndarray:
             return np.array([[sum(fn(space[n], b) for n in members) for b in choices]
                              for members in groups.values()], dtype=float)
         return cls(
             groups=groups, choices=choices,
-            omega=table(lambda layer, b: omega(layer.name, b)),
+            omega=table(lambda layer, b: 0.0 if omega is None else omega(layer.name, b)),
             nbytes=table(lambda layer, b: layer_nbytes(layer, QuantSpec(b, group_size, sym))),
             latency=None if layer_latency is None else table(layer_latency),
             fixed_bytes=space.other_params * 2, fixed_latency=fixed_latency,
@@ -64,25 +65,31 @@ class SeedProblem:
         return (int(self.nbytes.min(axis=1).sum()) + self.fixed_bytes,
                 int(self.nbytes.max(axis=1).sum()) + self.fixed_bytes)
 
-    def solve(self, memory_budget: float, latency_cap: float | None = None) -> dict[str, int]:
-        """The ILP: least total sensitivity within the budget (bytes of the whole model)."""
-        n_groups, n_choices = self.omega.shape
+    def check(self, memory_budget: float | None, latency_cap: float | None = None) -> None:
+        """Raise `BudgetError` when no plan fits the memory budget or the latency cap."""
         smallest, _ = self.memory_range()
-        if memory_budget < smallest:
+        if memory_budget is not None and memory_budget < smallest:
             raise BudgetError(f"no plan fits in {format_bytes(memory_budget)}: the smallest "
                               f"possible is {format_bytes(smallest)} (every layer at "
-                              f"{min(self.choices)} bits)")
+                              f"{min(self.choices)} bits); raise the memory budget")
+        if latency_cap is None:
+            return
+        if self.latency is None:
+            raise BitfrontError("a latency cap needs the latency table")
+        fastest = self.latency.min(axis=1).sum() + self.fixed_latency
+        if latency_cap < fastest:
+            raise BudgetError(f"no plan runs within {latency_cap:.4g} s: the fastest "
+                              f"takes {fastest:.4g} s; raise the latency budget")
+
+    def solve(self, memory_budget: float, latency_cap: float | None = None) -> dict[str, int]:
+        """The ILP: least total sensitivity within the budget (bytes of the whole model)."""
+        self.check(memory_budget, latency_cap)
+        n_groups, n_choices = self.omega.shape
         one_each = np.kron(np.eye(n_groups), np.ones(n_choices))
         constraints = [LinearConstraint(one_each, 1, 1),
                        LinearConstraint(self.nbytes.reshape(1, -1), -np.inf,
                                         memory_budget - self.fixed_bytes)]
         if latency_cap is not None:
-            if self.latency is None:
-                raise BitfrontError("a latency cap needs the latency table")
-            fastest = self.latency.min(axis=1).sum() + self.fixed_latency
-            if latency_cap < fastest:
-                raise BudgetError(f"no plan runs within {latency_cap:.4g} s: the fastest "
-                                  f"takes {fastest:.4g} s")
             constraints.append(LinearConstraint(self.latency.reshape(1, -1), -np.inf,
                                                 latency_cap - self.fixed_latency))
         result = milp(c=self.omega.reshape(-1), constraints=constraints,
@@ -104,6 +111,7 @@ def hawq_seeds(problem: SeedProblem, *, k: int = 6, uniform=(2, 3, 4, 8),
     for bits in uniform:
         if bits in problem.choices:
             seeds.append(Seed(dict.fromkeys(problem.groups, bits), f"uniform-{bits}"))
+    problem.check(memory_budget, latency_cap)
     low, high = problem.memory_range()
     if memory_budget is not None and memory_budget < high:
         budgets = np.linspace(low, memory_budget, k + 1)[1:]
@@ -113,7 +121,7 @@ def hawq_seeds(problem: SeedProblem, *, k: int = 6, uniform=(2, 3, 4, 8),
         try:
             bits = problem.solve(float(budget), latency_cap)
         except BudgetError:
-            continue
+            continue  # feasible budgets, but not this one together with the latency cap
         seeds.append(Seed(bits, f"ilp-memory-{format_bytes(budget)}"))
     unique, seen = [], set()
     for seed in seeds:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -40,7 +41,14 @@ from bitfront.objectives.proxy import AccuracyProxy
 from bitfront.objectives.sensitivity import Sensitivity
 from bitfront.paths import default_storage, run_dir
 from bitfront.planner.metrics import TrialMetrics
-from bitfront.planner.optuna_private import fixed_params, join_generation, quiet, trial_id
+from bitfront.planner.optuna_private import (
+    fixed_params,
+    join_generation,
+    quiet,
+    reseed,
+    storage_of,
+    trial_id,
+)
 from bitfront.planner.seeds import Seed, SeedProblem, hawq_seeds
 from bitfront.progress import progress_bar
 from bitfront.quant.apply import PlanApplier
@@ -55,6 +63,7 @@ SAMPLERS = ("nsga2", "tpe")
 ACCURACIES = ("top1", "likelihood")
 CONFIG_ATTR = "bitfront_config"
 SEEDED_ATTR = "bitfront_seeded"
+REQUEUED_ATTR = "bitfront_requeued_seeds"  # seeds run again after their worker died
 TABLE_ATTR = "bitfront_latency_table"
 SETTINGS_ATTR = "bitfront_settings"  # the versioned JSON of every setting (bitfront/config.py)
 
@@ -116,18 +125,36 @@ def open_storage(url: Storage) -> optuna.storages.BaseStorage:
     if url == "memory":
         return optuna.storages.InMemoryStorage()
     if "://" in url:
+        import sqlalchemy
+
         kwargs = {}
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             kwargs = {"connect_args": {"timeout": 60}}
-        with quiet():
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=5,
-                                              grace_period=20)
+        try:
+            with quiet():
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                  heartbeat_interval=5, grace_period=20)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise BitfrontError(f"cannot open the study storage {_shown(url)}: {reason}; "
+                                "check the URL, that the server runs and that its driver is "
+                                "installed (pip install 'bitfront[postgres]')") from exc
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _shown(url: str) -> str:
+    """The URL without its password."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url.split("@")[-1]
 
 
 @contextlib.contextmanager
@@ -170,9 +197,9 @@ def storage_lock(url: Storage) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+def fail_dead_local_trials(study: optuna.Study) -> int:
     """Mark FAIL the running trials of processes of this machine that no longer exist."""
-    host, failed = socket.gethostname(), 0
+    host, failed, storage = socket.gethostname(), 0, storage_of(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker") or {}
         if worker.get("host") != host or _alive(int(worker.get("pid", 0))):
@@ -183,6 +210,15 @@ def fail_dead_local_trials(study: optuna.Study, storage: optuna.storages.BaseSto
             continue  # Optuna's own heartbeat check got there first
         failed += 1
     return failed
+
+
+def recover_dead_workers(study: optuna.Study) -> int:
+    """Fail the trials of dead workers of this machine (other machines' by heartbeat) and
+    enqueue again the seeds they held; run under the storage lock, when a worker joins and
+    after each of its trials, so the survivors evaluate every seed. Returns the seeds
+    enqueued again."""
+    fail_dead_local_trials(study)
+    return requeue_failed_seeds(study)
 
 
 def requeue_failed_seeds(study: optuna.Study) -> int:
@@ -198,6 +234,14 @@ def requeue_failed_seeds(study: optuna.Study) -> int:
             again.setdefault(origin, fixed_params(trial))
     for origin, params in again.items():
         study.enqueue_trial(params, user_attrs={"origin": origin})
+    if again:
+        # Optuna runs waiting trials in order, so a seed run again comes after the seeds its
+        # dead worker had not reached: NSGA-II's first generation, and what follows, differ
+        # from an uninterrupted search's. Recorded, and reported (SearchResult.requeued).
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        study.set_user_attr(REQUEUED_ATTR, [*study.user_attrs.get(REQUEUED_ATTR, []),
+                                            *({"origin": o, "after_completed": done}
+                                              for o in again)])
     return len(again)
 
 
@@ -230,6 +274,7 @@ class PlanSearch:
         needs_latency = "latency" in config.objectives or config.latency_budget is not None
         if needs_latency and table is None:
             raise BitfrontError("latency needs a latency table")
+        self.seed_problem().check(config.memory_budget, config.latency_budget)
         self.applier = PlanApplier(lm, candidates)
 
     # --- configuration -------------------------------------------------------------------
@@ -278,21 +323,21 @@ class PlanSearch:
     # --- seeds ---------------------------------------------------------------------------
 
     def seed_problem(self) -> SeedProblem:
-        if self.sensitivity is None:
-            raise BitfrontError("HAWQ seeds need the sensitivity table")
+        """Bytes, latency and (once computed) sensitivity of every group at every bitwidth."""
         settings = self.candidates.settings
         has_table = self.table is not None
         return SeedProblem.build(
             self.space, self.groups, list(self.config.choices),
-            self.sensitivity.omega,
+            self.sensitivity.omega if self.sensitivity is not None else None,
             group_size=settings.group_size, sym=settings.sym,
             layer_latency=self.table.layer_seconds if has_table else None,
             fixed_latency=self.table.rest if has_table else 0.0)
 
-
     def seeds(self) -> list[Seed]:
         if self.config.ilp_budgets <= 0:
             return []
+        if self.sensitivity is None:
+            raise BitfrontError("HAWQ seeds need the sensitivity table")
         uniform = [b for b in (2, 3, 4, 8) if b in self.config.choices]
         return hawq_seeds(self.seed_problem(), k=self.config.ilp_budgets, uniform=uniform,
                           latency_cap=self.config.latency_budget,
@@ -328,8 +373,14 @@ class PlanSearch:
             out["latency"] = metrics.latency_s - self.config.latency_budget
         return out
 
-    def objective(self, trial: optuna.Trial) -> list[float]:
+    def objective(self, trial: optuna.Trial, worker: int = 0) -> list[float]:
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        # The sampler's draws for this trial depend only on the configured seed, the worker and
+        # the trials completed so far (not on the process's history), so a killed and resumed
+        # search proposes what an uninterrupted one would.
+        done = len(trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        mixed = hashlib.sha256(f"{self.config.seed}-{worker}-{done}".encode())
+        reseed(trial.study.sampler, int(mixed.hexdigest()[:8], 16))
         if isinstance(trial.study.sampler, optuna.samplers.NSGAIISampler):
             # The seeds join the first generation: the population is at least as large as
             # the seed set.
@@ -352,11 +403,11 @@ class PlanSearch:
         return optuna.samplers.NSGAIISampler(
             population_size=max(self.config.population, n_seeds), seed=seed)
 
-    def open(self, storage_url: Storage, study_name: str, *, worker: int = 0) -> optuna.Study:
+    def open(self, storage_url: Storage, study_name: str) -> optuna.Study:
         """Create or join the study (refusing a different configuration) and enqueue the
-        seeds exactly once. The sampler's seed mixes the configured seed, the worker index
-        and the trials already in the study, so parallel workers and resumed runs do not
-        replay each other's proposals, while a given run stays reproducible."""
+        seeds exactly once. The sampler is reseeded before each trial (`objective`) from the
+        configured seed, the worker index and the trials completed so far, so parallel workers
+        do not replay each other's proposals and a resumed run continues the same sequence."""
         storage = open_storage(storage_url)
         with storage_lock(storage_url):
             study = optuna.create_study(
@@ -394,11 +445,9 @@ class PlanSearch:
                                         user_attrs={"origin": seed.origin},
                                         skip_if_exists=True)
                 study.set_user_attr(SEEDED_ATTR, [s.origin for s in seeds])
-            fail_dead_local_trials(study, storage)
-            requeue_failed_seeds(study)
-        mixed = hashlib.sha256(f"{self.config.seed}-{worker}-{len(study.trials)}".encode())
+            recover_dead_workers(study)
         n_seeds = len(study.user_attrs.get(SEEDED_ATTR, []))
-        study.sampler = self.sampler(n_seeds, int(mixed.hexdigest()[:8], 16))
+        study.sampler = self.sampler(n_seeds, self.config.seed)
         return study
 
     def run(self, storage_url: Storage, study_name: str, n_trials: int, *, worker: int = 0,
@@ -409,24 +458,25 @@ class PlanSearch:
             return self._run(storage_url, study_name, n_trials, worker, show_progress)
 
     def _run(self, storage_url, study_name, n_trials, worker, show_progress) -> optuna.Study:
-        study = self.open(storage_url, study_name, worker=worker)
+        study = self.open(storage_url, study_name)
         done_states = (TrialState.COMPLETE,)
 
         def finished() -> int:
             return len(study.get_trials(deepcopy=False, states=done_states))
 
-        with progress_bar() as bar:
+        with progress_bar(show=show_progress) as bar:
             task = bar.add_task(f"search {study_name}", total=n_trials,
-                                completed=min(finished(), n_trials), info="",
-                                visible=show_progress)
+                                completed=min(finished(), n_trials), info="")
 
-            def progress(study: optuna.Study, trial) -> None:
+            def after_trial(study: optuna.Study, trial) -> None:
+                with storage_lock(storage_url):
+                    recover_dead_workers(study)
                 bar.update(task, completed=min(finished(), n_trials),
                            info=f"trial {trial.number} ({trial.user_attrs.get('origin', '')})")
 
             if finished() < n_trials:
-                study.optimize(self.objective, callbacks=[
-                    optuna.study.MaxTrialsCallback(n_trials, states=done_states), progress])
+                study.optimize(functools.partial(self.objective, worker=worker), callbacks=[
+                    optuna.study.MaxTrialsCallback(n_trials, states=done_states), after_trial])
         return study
 
 

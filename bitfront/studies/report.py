@@ -89,9 +89,14 @@ def finding(results: list[dict], fronts: list[RunFront], budget: int) -> str:
         except NoPlanError:
             parts.append(f"{who} has no plan that fits")
             continue
-        row = best.metrics.to_dict()
-        parts.append(f"{who} keeps {retention_text(row)} of its proxy accuracy")
-        intervals.append((row.get("retention_low"), row.get("retention_high")))
+        m = best.metrics
+        interval = (f"95% CI {m.retention_low:.1%}–{m.retention_high:.1%}"
+                    if m.retention_low is not None else "no interval")
+        lossless = m.retention_low is not None and m.retention_low <= 1.0 <= m.retention_high
+        parts.append(f"{who} shows no measurable loss ({m.retention:.1%} of its 16-bit proxy "
+                     f"accuracy, {interval})" if lossless else
+                     f"{who} keeps {m.retention:.1%} of its 16-bit proxy accuracy ({interval})")
+        intervals.append((m.retention_low, m.retention_high))
     head, *rest = parts
     tail = "; ".join(rest)
     sentence = (f"At ≤ {format_bytes(budget)} of weights, {head}" + (f", {tail}" if tail else "")
@@ -191,12 +196,15 @@ def _markdown(spec: StudySpec, results: list[dict], report: dict) -> str:
           if any(u["bits"] == 16 for u in r["uniform"]) else "-",
           str(r["model"]["quantizable_layers"])] for r in results]), ""]
     ev = spec.evaluation
+    tasks = ", ".join(f"{b}: first {spec.verify.limits.get(b, ev.limit) or 'all'} tasks"
+                      for b in benches)
     decoding = ("greedy" if ev.temperature == 0 else
                 f"sampled at temperature {ev.temperature:g}, top-p {ev.top_p:g}")
     out += ["## Uniform bitwidths", "",
             f"Every quantizable layer at the same bitwidth (GPTQ, group size "
-            f"{spec.quantizer.group_size}); pass@1 on the first {ev.limit or 'all'} tasks of "
-            f"each benchmark, {decoding}.", ""]
+            f"{spec.quantizer.group_size}); pass@1 ({tasks}), {decoding}, with 95% bootstrap "
+            "intervals over the tasks; a proxy retention whose interval holds 1.0 is no "
+            "measurable loss.", ""]
     rows = []
     for r in results:
         for u in sorted(r["uniform"], key=lambda u: -u["bits"]):
@@ -225,6 +233,13 @@ def _markdown(spec: StudySpec, results: list[dict], report: dict) -> str:
                      f"{format_bytes(knee['memory_bytes'])}, {knee['avg_bits']:.2f} bits"])
     out += [_table(["model", "trials", "front size", "hypervolume", "hypervolume (common)",
                     "knee"], rows), ""]
+    for r in results:
+        if requeued := r["search"].get("requeued_seeds"):
+            out += [f"The {r['label']} search was resumed after a worker died during its seed "
+                    "trials: " + ", ".join(f"{q['origin']} ran again after "
+                                           f"{q['after_completed']} completed trials"
+                                           for q in requeued)
+                    + "; its front can differ from an uninterrupted run's.", ""]
     for key, title in (("fronts_memory", "memory"), ("fronts_latency", "latency"),
                        ("fronts_bits", "average bits")):
         if key in report["plots"]:

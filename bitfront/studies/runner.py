@@ -21,8 +21,9 @@ from rich.console import Console
 from bitfront.evaluators.harness import evaluate
 from bitfront.exports.files import write_export
 from bitfront.models import load_model
+from bitfront.models.load import resolve_model_path
 from bitfront.objectives.fidelity import mixed_plans, plan_model_key
-from bitfront.paths import write_atomic
+from bitfront.paths import read_cached, write_atomic
 from bitfront.planner.front import Point, SearchResult, plan_of
 from bitfront.planner.metrics import TrialMetrics
 from bitfront.planner.pipeline import build_search
@@ -61,10 +62,10 @@ class ModelRun:
     def stage(self, name: str, compute) -> dict:
         key = stage_key(self.spec, self.model, name)
         path = self.dir / f"{name}.json"
-        if path.exists():
-            stored = json.loads(path.read_text())
-            if stored.get("key") == key:
-                return stored["result"]
+        stored = read_cached(path, lambda data: {"result": data["result"]}
+                             if data["key"] == key else None)  # damaged: recomputed
+        if stored is not None:
+            return stored["result"]
         self.console.print(f"[bold]{self.label}[/]: {name}")
         start = time.monotonic()
         result = compute()
@@ -118,7 +119,8 @@ class ModelRun:
         settings = self.spec.digest("evaluation", "device", "mbpp")
         with self.search.applier.applied(plan):
             for bench in self.spec.verify.benches:
-                config = self.spec.evaluation.replace(bench=bench)
+                limit = self.spec.verify.limits.get(bench, self.spec.evaluation.limit)
+                config = self.spec.evaluation.replace(bench=bench, limit=limit)
                 name = f"{bench}-{config.key(model_key, {'settings': settings})[:12]}"
                 report = evaluate(self.lm, config, self.dir / "evals" / f"{name}.json",
                                   model_key=model_key, mbpp_source=self.spec.mbpp or None,
@@ -206,6 +208,8 @@ def run_study(spec: StudySpec, root: Path = Path("runs"), *, show_progress: bool
     run_dir = root / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "spec.json", spec.to_json() + "\n")
+    for model in spec.models.values():  # an unknown model fails before any model's stages
+        resolve_model_path(model, show_progress=show_progress)
     results = []
     for label, model in spec.models.items():
         run = ModelRun(spec, label, model, run_dir / label, console=console,

@@ -24,6 +24,7 @@ from bitfront.evaluators.harness import BENCHES, EvalConfig
 from bitfront.objectives.latency import Workload
 from bitfront.objectives.proxy import ProxyConfig
 from bitfront.objectives.sensitivity import SensitivityConfig
+from bitfront.paths import read_cached
 from bitfront.planner.pipeline import Setup
 from bitfront.planner.study import SearchConfig
 from bitfront.quant.calibration import CalibrationConfig
@@ -40,14 +41,21 @@ class SpecError(BitfrontError):
 class VerifyConfig(Config):
     """Which plans get full pass@1, on which benchmarks."""
 
-    benches: tuple[str, ...] = setting(("mbpp", "humaneval"), "benchmarks for full pass@1")
+    benches: tuple[str, ...] = setting(("mbpp", "humaneval"), "benchmarks for full pass@1 "
+                                       "(the first one also for the fidelity table)")
+    limits: dict[str, int] = setting(factory=dict, help="tasks per benchmark, where not "
+                                                        "evaluation.limit")
     uniform_bits: tuple[int, ...] = setting((16, 8, 4, 3, 2), "uniform plans in the table")
     front: int = setting(4, "front plans verified with full pass@1 (the knee first)")
     mixed: int = setting(8, "random mixed plans over the memory range, verified for the "
                             "proxy's fidelity table")
 
     def __post_init__(self):
-        self.require(set(self.benches) <= set(BENCHES), "benches", f"from {BENCHES}")
+        self.require(bool(self.benches) and set(self.benches) <= set(BENCHES), "benches",
+                     f"from {BENCHES}")
+        self.require(set(self.limits) <= set(self.benches)
+                     and all(n > 0 for n in self.limits.values()), "limits",
+                     "positive task counts of benchmarks in benches")
         self.require(set(self.uniform_bits) <= {2, 3, 4, 8, 16}, "uniform_bits",
                      "bits from 2, 3, 4, 8, 16")
         self.require(self.front >= 0, "front", "a number ≥ 0")
@@ -168,13 +176,13 @@ def finished(spec: StudySpec, root: Path) -> bool:
     newer than all of them: then a re-run has nothing to do."""
     run_dir = root / spec.name
     report = run_dir / "report.json"
-    if not report.exists():
+    if read_cached(report, lambda data: data["models"]) is None:  # absent or damaged
         return False
     for label, model in spec.models.items():
         for stage in STAGES:
             path = run_dir / label / f"{stage}.json"
             if not path.exists() or path.stat().st_mtime > report.stat().st_mtime:
                 return False
-            if json.loads(path.read_text()).get("key") != stage_key(spec, model, stage):
+            if read_cached(path, lambda data: data["key"]) != stage_key(spec, model, stage):
                 return False
     return True
