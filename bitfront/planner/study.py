@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -131,20 +132,34 @@ def open_storage(url: Storage) -> optuna.storages.BaseStorage:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             kwargs = {"connect_args": {"timeout": 60}}
-        try:
-            with quiet():
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                                  heartbeat_interval=5, grace_period=20)
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise BitfrontError(f"cannot open the study storage {_shown(url)}: {reason}; "
-                                "check the URL, that the server runs and that its driver is "
-                                "installed (pip install 'bitfront[postgres]')") from exc
+        for attempt in range(SCHEMA_RACE_RETRIES + 1):
+            try:
+                with quiet():
+                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                      heartbeat_interval=5, grace_period=20)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+                # Workers starting together race to create Optuna's tables: the loser of the
+                # race finds them made when it tries again.
+                if attempt == SCHEMA_RACE_RETRIES:
+                    raise _storage_error(url, exc) from exc
+                time.sleep(0.5 * (attempt + 1))
+            except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+                raise _storage_error(url, exc) from exc
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+SCHEMA_RACE_RETRIES = 4
+
+
+def _storage_error(url: str, exc: Exception) -> BitfrontError:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return BitfrontError(f"cannot open the study storage {_shown(url)}: {reason}; check the "
+                         "URL, that the server runs and that its driver is installed (pip "
+                         "install 'bitfront[postgres]')")
 
 
 def _shown(url: str) -> str:
