@@ -14,22 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
 from bitfront.config import Config, ConfigError, setting
 from bitfront.errors import BitfrontError
 from bitfront.evaluators.harness import BENCHES, EvalConfig
-from bitfront.objectives.latency import Workload
-from bitfront.objectives.proxy import ProxyConfig
-from bitfront.objectives.sensitivity import SensitivityConfig
 from bitfront.paths import read_cached
 from bitfront.planner.pipeline import Setup
 from bitfront.planner.study import SearchConfig
-from bitfront.quant.calibration import CalibrationConfig
-from bitfront.quant.candidates import QuantizerSettings
-from bitfront.space.layers import SpaceConfig
 from bitfront.units import parse_bytes
 
 
@@ -70,8 +64,9 @@ class ReportConfig(Config):
 
 
 @dataclass(frozen=True)
-class StudySpec(Config):
-    """A whole study: the models, every setting of the pipeline, what to verify and report."""
+class StudySpec(Setup):
+    """A whole study: the `Setup` sections (quantizer, space, calibration, sensitivity, proxy,
+    latency), the models, the search, and what to verify and report."""
 
     name: str = setting("", "the study's name (its run directory)")
     models: dict[str, str] = setting(factory=dict, help="label = model name")
@@ -79,12 +74,6 @@ class StudySpec(Config):
     device: str = setting("", 'empty (cuda if available, else cpu), "cpu", "cuda" or "cuda:N"')
     mbpp: str = setting("", "MBPP source (empty: $BITFRONT_MBPP or the vendored copy)")
     storage: str = setting("", "Optuna storage URL (empty: a SQLite file per model)")
-    quantizer: QuantizerSettings = setting(factory=QuantizerSettings)
-    space: SpaceConfig = setting(factory=SpaceConfig)
-    calibration: CalibrationConfig = setting(factory=CalibrationConfig)
-    sensitivity: SensitivityConfig = setting(factory=SensitivityConfig)
-    proxy: ProxyConfig = setting(factory=ProxyConfig)
-    latency: Workload = setting(factory=Workload)
     search: SearchConfig = setting(factory=SearchConfig)
     evaluation: EvalConfig = setting(factory=EvalConfig)
     verify: VerifyConfig = setting(factory=VerifyConfig)
@@ -103,8 +92,8 @@ class StudySpec(Config):
 
     @property
     def setup(self) -> Setup:
-        return Setup(quantizer=self.quantizer, space=self.space, calibration=self.calibration,
-                     sensitivity=self.sensitivity, proxy=self.proxy, latency=self.latency)
+        """The `Setup` sections alone (a study spec is a `Setup` with more sections)."""
+        return Setup(**{f.name: getattr(self, f.name) for f in fields(Setup)})
 
     def digest(self, *keys: str, leave_out: tuple[str, ...] = ()) -> str:
         """A hash of the named sections or keys ("search", "verify.front"), without the
