@@ -88,12 +88,7 @@ class SearchResult:
 
     def to_dict(self) -> dict:
         """JSON-ready record (points in full, the front and knee by trial number)."""
-        return {"study": self.study, "trials": len(self.points),
-                "feasible": sum(p.feasible for p in self.points),
-                "objectives": self.objectives, "reference": self.reference,
-                "hypervolume": self.hypervolume,
-                "knee": self.knee.number if self.knee else None,
-                "front": [p.number for p in self.front], "requeued_seeds": self.requeued,
+        return {**self.summary(), "front": [p.number for p in self.front],
                 "points": [p.to_dict() for p in self.points], "config": self.config}
 
 
