@@ -259,9 +259,6 @@ def test_worker_with_another_population_refuses_to_join(planner, tmp_path):
 
 
 def test_survivors_run_a_dead_workers_seed(planner, tmp_path):
-    import threading
-    import time
-
     from optuna.trial import TrialState
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -273,18 +270,18 @@ def test_survivors_run_a_dead_workers_seed(planner, tmp_path):
               "print(t.number, flush=True)\n"
               "os.kill(os.getpid(), signal.SIGKILL)\n")
     taken = []
+    search_trial = planner.objective
 
-    def kill_a_worker_mid_search() -> None:
-        while completed_trials(storage, "s") < 1:
-            time.sleep(0.05)
-        res = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True)
-        taken.append(int(res.stdout))
+    def objective(trial, **kwargs):
+        """The first trial of this worker waits until the other worker has died."""
+        if not taken:
+            res = subprocess.run([sys.executable, "-c", killer], capture_output=True,
+                                 text=True)
+            taken.append(int(res.stdout))
+        return search_trial(trial, **kwargs)
 
-    planner.open(storage, "s")  # the study exists before the other worker looks at it
-    thread = threading.Thread(target=kill_a_worker_mid_search)
-    thread.start()
+    planner.objective = objective
     study = planner.run(storage, "s", 12, show_progress=False)
-    thread.join()
     dead = study.trials[taken[0]]
     seeds = study.user_attrs["bitfront_seeded"]
     assert dead.state == TrialState.FAIL and dead.user_attrs["origin"] in seeds
