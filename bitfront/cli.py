@@ -85,9 +85,9 @@ def cmd_pocket_train(args) -> int:
         m = rec["metrics"]
         rows.append([name, f"{rec['parameters'] / 1e6:.2f}M", f"{rec['tokens_seen'] / 1e6:.2f}M",
                      f"{rec['train_seconds']:.0f}", f"{m['heldout_loss']:.3f}",
-                     f"{m['mbpp_test_top1']:.1%}"])
-    _table("pocket pair", ("model", "params", "tokens", "train s", "val loss", "MBPP top-1"),
-           rows, left=("model",))
+                     f"{m['mbpp_test_top1']:.1%}", f"{m['pocket_validation_top1']:.1%}"])
+    _table("pocket pair", ("model", "params", "tokens", "train s", "val loss", "MBPP top-1",
+                           "pocket top-1"), rows, left=("model",))
     for name, path in paths.items():
         out.print(f"{name}: {path}", soft_wrap=True)
     return EXIT_OK
@@ -233,6 +233,9 @@ def _print_front(summary: dict) -> None:
         out.print(f"note: seed {requeued['origin']} ran again after its worker died (after "
                   f"{requeued['after_completed']} completed trials); the front can differ "
                   "from an uninterrupted search's")
+    if summary["unfinished_trials"]:
+        out.print(f"note: trial(s) {', '.join(map(str, summary['unfinished_trials']))} did not "
+                  "finish (a killed worker's, or failed) and are not part of the front")
     ref = summary["reference"]
     out.print(f"hypervolume {summary['hypervolume']:.4f} (normalised; reference: retention 0, "
               f"memory {format_bytes(ref['memory'])}"

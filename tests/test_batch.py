@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -290,8 +291,10 @@ def test_survivors_run_a_dead_workers_seed(planner, tmp_path):
     # The search records that a seed ran out of order, and its summary says so.
     from bitfront.planner.front import SearchResult
 
-    (requeued,) = SearchResult.of(study).summary()["requeued_seeds"]
+    summary = SearchResult.of(study).summary()
+    (requeued,) = summary["requeued_seeds"]
     assert requeued["origin"] == dead.user_attrs["origin"]
+    assert summary["unfinished_trials"] == [dead.number]
 
 
 @pytest.mark.slow  # two searches of 14 trials: about 2 minutes on 2 CPU cores
@@ -325,3 +328,84 @@ def test_killed_and_resumed_search_equals_an_uninterrupted_one(tmp_path, micro_p
     a, b = trials(whole), trials(killed)
     assert [t.params for t in a] == [t.params for t in b]
     assert [t.values for t in a] == [t.values for t in b]
+
+
+@pytest.mark.slow  # two micro studies, one killed at every stage: about 6 minutes on 2 cores
+def test_study_killed_at_every_stage_reports_as_an_uninterrupted_one(tmp_path, micro_pair):
+    """kill -9 `bitfront study run` at the start of each stage of each model, and once in
+    the middle of the search (past the seeds): the resumed study's front, knee, verified
+    plans and exports equal those of a study that was never interrupted."""
+    import signal
+    import time
+    from pathlib import Path
+
+    from bitfront.studies.spec import STAGES, load_spec
+
+    micro = Path(__file__).parent / "fixtures" / "micro-study.toml"
+    spec = load_spec(micro)
+
+    def command(root: Path) -> list[str]:
+        return [sys.executable, "-m", "bitfront.cli", "study", "run", str(micro), "--runs",
+                str(root)]
+
+    def models(root: Path) -> dict:
+        """Each model's front, knee, verified rows and exports, with every trial number
+        replaced by its plan (a killed trial keeps its number, so later ones shift)."""
+        report = json.loads((root / spec.name / "report.json").read_text())
+        out = {}
+        for label, m in report["models"].items():
+            search = json.loads((root / spec.name / label / "search.json").read_text())
+            bits = {p["trial"]: p["bits"] for p in search["result"]["points"]}
+
+            def plan(number: int, bits=bits) -> str:
+                return json.dumps(bits[number], sort_keys=True)
+
+            exports = []
+            for path in map(Path, m["exports"]):
+                number = int(re.match(r"trial-(\d+)\.", path.name)[1])
+                text = re.sub(rf'trial-{number}\b|"trial": {number}\b', "trial",
+                              path.read_text())
+                exports.append((plan(number), path.name.split(".", 1)[1], text))
+            out[label] = {"front": [plan(n) for n in m["front"]], "knee": plan(m["knee"]),
+                          "verified": [{**{k: v for k, v in row.items() if k != "trial"},
+                                        "plan": plan(row["trial"])} for row in m["verified"]],
+                          "fidelity": m["fidelity"], "hypervolume": m["hypervolume"],
+                          "exports": exports}
+        return out
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert subprocess.run(command(whole), capture_output=True).returncode == 0
+    stages = [(label, stage) for label in spec.models for stage in STAGES]
+    run = killed / spec.name
+
+    def searched(label: str) -> int:
+        if not (run / label / "search.json").exists() and (run / label / "search.db").exists():
+            try:  # the worker may be creating the schema right now
+                storage = f"sqlite:///{run / label / 'search.db'}"
+                names = optuna.get_all_study_names(storage)
+                return completed_trials(storage, names[0]) if names else 0
+            except Exception:
+                return 0
+        return 0
+
+    # Each kill point: the moment it is reached (the stage before has written its file).
+    points = [(f"{label} {stage}", lambda p=prev: (run / p[0] / f"{p[1]}.json").exists())
+              for prev, (label, stage) in zip(stages, stages[1:], strict=False)]
+    first = next(iter(spec.models))
+    points.insert(3, (f"{first} search, trial 10", lambda: searched(first) >= 10))
+    killed_at = []
+    for name, reached in points:
+        worker = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        while worker.poll() is None and not reached():
+            time.sleep(0.02)
+        assert worker.poll() is None, f"the study finished before {name}"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        killed_at.append(name)
+    assert subprocess.run(command(killed), capture_output=True).returncode == 0
+    assert len(killed_at) == len(stages)
+    assert models(killed) == models(whole)
+    # The killed search trial is left unfinished, and the report says so.
+    report = (run / "report.md").read_text()
+    assert f"The {first} search was resumed: trial(s) " in report

@@ -68,25 +68,31 @@ class DiffusionLM(CodeLM):
         """Shifted logits only at the positions of the bool mask [B, L]: [N, V]."""
         return self.module(input_ids.to(self.device), positions.to(self.device))
 
-    def noisy_batch(self, input_ids: torch.Tensor, generator: torch.Generator
+    def noisy_batch(self, input_ids: torch.Tensor, generator: torch.Generator,
+                    maskable: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """CoDA's forward process: t ~ U(eps, 1) per row, each token masked with prob. t.
 
-        Position 0 is never masked (its own output predicts it after the shift).
+        Only positions of the bool mask `maskable` [B, L] may be masked (default: all);
+        position 0 never is (its own output predicts it after the shift).
         Returns (noisy ids, mask [B, L] bool, t [B]).
         """
         batch, length = input_ids.shape
         t = TRAIN_EPS + (1 - TRAIN_EPS) * torch.rand(batch, generator=generator)
         masked = torch.rand(batch, length, generator=generator) < t[:, None]
+        if maskable is not None:
+            masked &= maskable
         masked[:, 0] = False
         noisy = input_ids.masked_fill(masked.to(input_ids.device), self.tokens.mask)
         return noisy, masked, t
 
-    def loss(self, input_ids: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    def loss(self, input_ids: torch.Tensor, *, seed: int = 0,
+             maskable: torch.Tensor | None = None) -> torch.Tensor:
         """Masked-token cross-entropy weighted by 1/t, summed over masked tokens and divided
-        by the batch's token count (CoDA/LLaDA recipe). `seed` fixes the masking."""
+        by the batch's token count (CoDA/LLaDA recipe). `seed` fixes the masking;
+        `maskable` limits it (see `noisy_batch`)."""
         input_ids = input_ids.to(self.device)
-        noisy, masked, t = self.noisy_batch(input_ids.cpu(), seeded_generator(seed))
+        noisy, masked, t = self.noisy_batch(input_ids.cpu(), seeded_generator(seed), maskable)
         masked, t = masked.to(self.device), t.to(self.device)
         logits = self.logits_at(noisy.to(self.device), masked)
         ce = F.cross_entropy(logits.float(), input_ids[masked], reduction="none")

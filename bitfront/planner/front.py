@@ -53,6 +53,7 @@ class SearchResult:
     knee: Point | None
     hypervolume: float
     requeued: list[dict] = field(default_factory=list)  # seeds run again (see study.py)
+    unfinished: list[int] = field(default_factory=list)  # trials a dead worker left or that failed
 
     @property
     def objectives(self) -> list[str]:
@@ -73,7 +74,9 @@ class SearchResult:
         return cls(study=study.study_name, config=config, points=pts, front=front,
                    knee=knee(front, config["objectives"]),
                    hypervolume=hypervolume(pts, config["objectives"], reference_point(config)),
-                   requeued=study.user_attrs.get(REQUEUED_ATTR, []))
+                   requeued=study.user_attrs.get(REQUEUED_ATTR, []),
+                   unfinished=[t.number for t in study.get_trials(
+                       deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING))])
 
     def summary(self) -> dict:
         """The front in brief, JSON-ready: each front plan's trial, origin and metrics."""
@@ -82,7 +85,7 @@ class SearchResult:
                 "objectives": self.objectives, "reference": self.reference,
                 "hypervolume": self.hypervolume,
                 "knee": self.knee.number if self.knee else None,
-                "requeued_seeds": self.requeued,
+                "requeued_seeds": self.requeued, "unfinished_trials": self.unfinished,
                 "front": [{"trial": p.number, "origin": p.origin, **p.metrics.to_dict()}
                           for p in self.front]}
 

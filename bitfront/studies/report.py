@@ -240,6 +240,11 @@ def _markdown(spec: StudySpec, results: list[dict], report: dict) -> str:
                                            f"{q['after_completed']} completed trials"
                                            for q in requeued)
                     + "; its front can differ from an uninterrupted run's.", ""]
+        if unfinished := r["search"].get("unfinished_trials"):
+            out += [f"The {r['label']} search was resumed: trial(s) "
+                    f"{', '.join(map(str, unfinished))} did not finish (a killed worker's, or "
+                    "failed) and are not part of it; the trials after them carry numbers "
+                    "shifted against an uninterrupted run's.", ""]
     for key, title in (("fronts_memory", "memory"), ("fronts_latency", "latency"),
                        ("fronts_bits", "average bits")):
         if key in report["plots"]:

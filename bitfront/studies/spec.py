@@ -41,8 +41,8 @@ class VerifyConfig(Config):
                                                         "evaluation.limit")
     uniform_bits: tuple[int, ...] = setting((16, 8, 4, 3, 2), "uniform plans in the table")
     front: int = setting(4, "front plans verified with full pass@1 (the knee first)")
-    mixed: int = setting(8, "random mixed plans over the memory range, verified for the "
-                            "proxy's fidelity table")
+    mixed: int = setting(8, "random mixed plans over the memory range, verified on the "
+                            "first benchmark for the proxy's fidelity table")
 
     def __post_init__(self):
         self.require(bool(self.benches) and set(self.benches) <= set(BENCHES), "benches",
@@ -142,7 +142,7 @@ def load_spec(path_or_name: str | Path) -> StudySpec:
 
 # Stages of a model's run and the spec sections (or keys) each depends on; their outputs are
 # keyed by model, these and STAGE_FORMAT, which changes when a stage's output does.
-STAGE_FORMAT = 5
+STAGE_FORMAT = 6
 SETUP_KEYS = ("device", "mbpp", "quantizer", "space", "calibration", "sensitivity", "proxy",
               "latency")
 STAGES: dict[str, tuple[str, ...]] = {
