@@ -118,7 +118,7 @@ def _errors(rows, value, interval):
 
 def uniform(rows_by_model: dict[str, list[dict]], path: Path) -> Path:
     """Proxy retention and pass@1 of the uniform plans, by bitwidth."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for color, (label, rows) in zip(COLORS, rows_by_model.items(), strict=False):
         ordered = sorted(rows, key=lambda r: r["bits"])
         bits = [str(r["bits"]) for r in ordered]
@@ -138,7 +138,8 @@ def uniform(rows_by_model: dict[str, list[dict]], path: Path) -> Path:
     for ax in axes:
         ax.set_xlabel("uniform bits")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # off the lines
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
