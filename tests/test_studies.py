@@ -42,6 +42,8 @@ def test_study_report_holds_every_part(micro_run):
         assert all(Path(p).exists() for p in model["exports"])
         assert "kendall_tau" in model["fidelity"] and model["fidelity"]["bench"] == "pocket"
         assert model["fidelity"]["plans"] == 3 + len(model["verified"]) + 2  # uniform, front, mixed
+        mixed = json.loads((run_dir / label / "mixed.json").read_text())["result"]
+        assert [set(row["pass@1"]) for row in mixed] == [{"pocket"}] * 2  # the fidelity bench
         for row in model["uniform"]:
             assert row["retention_low"] <= row["retention"] <= row["retention_high"]
     assert report["findings"] and report["findings"][0].startswith("At ≤ ")

@@ -3,8 +3,9 @@
 Phase 1 trains the autoregressive twin, a Qwen3ForCausalLM, with next-token cross-entropy.
 Phase 2 copies its trained weights into a `CoDANetwork` (the same backbone, bidirectional,
 logits shifted by one) and continues training with CoDA's masked-diffusion objective
-(t ~ U(eps, 1), tokens masked with probability t, masked-token cross-entropy weighted by 1/t).
-The diffusion twin has thus seen both phases' tokens, as CoDA has seen Qwen3's and its own.
+(t ~ U(eps, 1), tokens masked with probability t, masked-token cross-entropy weighted by 1/t)
+and CoDA's unmaskable-prefix curriculum (`Phase.prefix_share`). The diffusion twin has thus
+seen both phases' tokens, as CoDA has seen Qwen3's and its own.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ SIZES: dict[str, PocketSize] = {
         diffusion=Phase(steps=100, lr=3e-3, warmup=10, prefix_share=0.5),
         mbpp_repeats=3, bench_repeats=1, max_stdlib_chars=400_000, eval_tasks=40,
     ),
-    # About 25 min on 2 idle CPU cores; phase 1 sees 8.2M tokens (0.74 of the corpus), phase 2 9.8M.
+    # 33 min on 2 CPU cores (partly shared); phase 1 sees 8.2M tokens (0.74 of the corpus),
+    # phase 2 9.8M. Shipped in bitfront/pocket/weights/.
     "default": PocketSize(
         name="default", vocab_size=4096, hidden_size=128, num_layers=4, num_heads=4,
         num_kv_heads=2, head_dim=32, intermediate_size=384, seq_len=256, batch_size=16,
