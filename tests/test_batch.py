@@ -330,7 +330,7 @@ def test_killed_and_resumed_search_equals_an_uninterrupted_one(tmp_path, micro_p
     assert [t.values for t in a] == [t.values for t in b]
 
 
-@pytest.mark.slow  # two micro studies, one killed at every stage: about 6 minutes on 2 cores
+@pytest.mark.slow  # two micro studies, one killed at every stage: about 4 minutes on 2 cores
 def test_study_killed_at_every_stage_reports_as_an_uninterrupted_one(tmp_path, micro_pair):
     """kill -9 `bitfront study run` at the start of each stage of each model, and once in
     the middle of the search (past the seeds): the resumed study's front, knee, verified
