@@ -48,7 +48,5 @@ def read_cached(path: Path, parse: Callable[[dict], T]) -> T | None:
     short, not JSON, or not the structure `parse` expects), so the caller recomputes it."""
     try:
         return parse(json.loads(path.read_text()))
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -164,3 +164,13 @@ def test_bad_specs_name_the_key(tmp_path):
                                   "sampler, seed, trials)")
     for name in ("pocket", "coda-vs-qwen3"):
         assert load_spec(name).name == name  # the bundled specs are valid
+
+
+def test_a_retention_inside_the_noise_is_no_measurable_loss():
+    from bitfront.studies.report import retention_text
+
+    assert retention_text({"retention": 1.02, "retention_low": 0.99, "retention_high": 1.05}) \
+        == "no measurable loss (102.0%, 95% CI 99.0%–105.0%)"
+    assert retention_text({"retention": 0.95, "retention_low": 0.93, "retention_high": 0.97}) \
+        == "95.0% (95% CI 93.0%–97.0%)"
+    assert retention_text({"retention": 0.9}) == "90.0%"  # no interval recorded

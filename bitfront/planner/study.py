@@ -118,6 +118,9 @@ class SearchConfig(Config):
 Storage = str | optuna.storages.BaseStorage
 
 
+SCHEMA_RACE_RETRIES = 4  # tries again when workers race to create Optuna's tables
+
+
 def open_storage(url: Storage) -> optuna.storages.BaseStorage:
     """An Optuna storage: a storage object as it is, "memory" (in-memory), RDB URLs
     (sqlite:///..., postgresql://...) with heartbeats, or a journal file for any other path."""
@@ -150,9 +153,6 @@ def open_storage(url: Storage) -> optuna.storages.BaseStorage:
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-SCHEMA_RACE_RETRIES = 4
 
 
 def _storage_error(url: str, exc: Exception) -> BitfrontError:

@@ -40,15 +40,24 @@ def _fidelity(result: dict, bench: str) -> dict:
             "spearman_rho": rho and rho.to_dict(), "note": note}
 
 
+def no_measurable_loss(low: float | None, high: float | None) -> bool:
+    """A retention whose 95% interval holds 1.0 (a value above 1.0 inside the noise is not a
+    gain)."""
+    return low is not None and high is not None and low <= 1.0 <= high
+
+
+def _ci_text(low: float, high: float) -> str:
+    return f"95% CI {low:.1%}–{high:.1%}"
+
+
 def retention_text(row: dict) -> str:
-    """A proxy retention with its interval; one whose interval holds 1.0 is no measurable
-    loss (a value above 1.0 inside the noise is not a gain)."""
+    """A proxy retention with its interval, or "no measurable loss" (see above)."""
     value, low, high = row["retention"], row.get("retention_low"), row.get("retention_high")
     if low is None or high is None:
         return f"{value:.1%}"
-    if low <= 1.0 <= high:
-        return f"no measurable loss ({value:.1%}, 95% CI {low:.1%}–{high:.1%})"
-    return f"{value:.1%} (95% CI {low:.1%}–{high:.1%})"
+    if no_measurable_loss(low, high):
+        return f"no measurable loss ({value:.1%}, {_ci_text(low, high)})"
+    return f"{value:.1%} ({_ci_text(low, high)})"
 
 
 def _pass_text(row: dict, bench: str) -> str:
@@ -90,11 +99,11 @@ def finding(results: list[dict], fronts: list[RunFront], budget: int) -> str:
             parts.append(f"{who} has no plan that fits")
             continue
         m = best.metrics
-        interval = (f"95% CI {m.retention_low:.1%}–{m.retention_high:.1%}"
+        interval = (_ci_text(m.retention_low, m.retention_high)
                     if m.retention_low is not None else "no interval")
-        lossless = m.retention_low is not None and m.retention_low <= 1.0 <= m.retention_high
         parts.append(f"{who} shows no measurable loss ({m.retention:.1%} of its 16-bit proxy "
-                     f"accuracy, {interval})" if lossless else
+                     f"accuracy, {interval})"
+                     if no_measurable_loss(m.retention_low, m.retention_high) else
                      f"{who} keeps {m.retention:.1%} of its 16-bit proxy accuracy ({interval})")
         intervals.append((m.retention_low, m.retention_high))
     head, *rest = parts
