@@ -23,10 +23,11 @@ from bitfront.exports.files import CHECKPOINTS, write_export
 from bitfront.models.base import CodeLM
 from bitfront.models.load import load_model as _load_model
 from bitfront.objectives.sensitivity import Sensitivity, cached_sensitivity
-from bitfront.paths import run_dir
+from bitfront.paths import check_writable, run_dir
 from bitfront.planner.front import NoPlanError, Point, SearchResult, accuracy_metric
 from bitfront.planner.front import best_under as _best_under
-from bitfront.planner.pipeline import Setup, build_search
+from bitfront.planner.pipeline import Setup, build_search, search_settings
+from bitfront.planner.preflight import check_study, prepare
 from bitfront.planner.study import SearchConfig, default_storage, open_storage, write_pointer
 from bitfront.quant.apply import candidates_for_plan, packed_module
 from bitfront.quant.calibration import calibration_set
@@ -41,7 +42,7 @@ __all__ = ["load_model", "build_candidates", "sensitivity", "search", "best_unde
            "export", "evaluate", "run_study", "NoPlanError"]
 
 
-def load_model(name: str, *, device: str | None = None, dtype: torch.dtype | None = None,
+def load_model(name: str, *, device: str | None = None, dtype: torch.dtype | str | None = None,
                attn: str | None = None, show_progress: bool = True) -> CodeLM:
     """A subject by name: known model, pocket model, local directory, .gguf file or hub id."""
     return _load_model(name, device=device, dtype=dtype, attn=attn, show_progress=show_progress)
@@ -53,10 +54,13 @@ def build_candidates(lm: CodeLM, setup: Setup = Setup(), *, mbpp: str | None = N
     return _candidates(lm, setup, mbpp, show_progress)[0]
 
 
-def _candidates(lm: CodeLM, setup: Setup, mbpp: str | None, show_progress: bool):
-    """The candidates of `setup` and the calibration set they were computed from."""
+def _candidates(lm: CodeLM, setup: Setup, mbpp: str | None, show_progress: bool,
+                stages: tuple[str, ...] = ("calibration", "gptq")):
+    """The candidates of `setup` and the calibration set they were computed from (the cost
+    of `stages` estimated and checked first)."""
     space = layer_space(lm, **setup.space.to_dict())
     calibration = calibration_set(lm, setup.calibration, mbpp_source=mbpp)
+    prepare(lm, space, calibration, setup, stages=stages, show=show_progress)
     return _build_candidates(lm, space, calibration, settings=setup.quantizer,
                              show_progress=show_progress), calibration
 
@@ -64,7 +68,8 @@ def _candidates(lm: CodeLM, setup: Setup, mbpp: str | None, show_progress: bool)
 def sensitivity(lm: CodeLM, setup: Setup = Setup(), *, mbpp: str | None = None,
                 show_progress: bool = True) -> Sensitivity:
     """HAWQ sensitivity Ω of every layer at every candidate bitwidth (cached on disk)."""
-    candidates, calibration = _candidates(lm, setup, mbpp, show_progress)
+    candidates, calibration = _candidates(lm, setup, mbpp, show_progress,
+                                          ("calibration", "gptq", "sensitivity"))
     return cached_sensitivity(lm, candidates, calibration, setup.sensitivity,
                               show_progress=show_progress)
 
@@ -80,10 +85,14 @@ def search(lm: CodeLM, config: SearchConfig = SearchConfig(), setup: Setup = Set
     `bitfront best` finds it while it runs and after it was killed."""
     name = study_name or run_dir("search", lm.name).name
     url = storage if storage is not None else default_storage(name)
-    open_storage(url)  # an unreachable storage fails now, before any expensive stage
-    planner = build_search(lm, config, setup, mbpp_source=mbpp, show_progress=show_progress)
     if record is None and storage is None:
         record = run_dir("search", name)
+    # Fail now, before any expensive stage: an unwritable record directory, an unreachable
+    # storage, a study of this name made with other settings.
+    if record is not None:
+        check_writable(Path(record))
+    check_study(open_storage(url), name, search_settings(config, setup), lm.fingerprint())
+    planner = build_search(lm, config, setup, mbpp_source=mbpp, show_progress=show_progress)
     if record is not None and isinstance(url, str):
         write_pointer(Path(record), url, name, lm.name)
     study = planner.run(url, name, config.trials, worker=worker, show_progress=show_progress)

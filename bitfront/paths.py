@@ -18,6 +18,18 @@ def cache_dir() -> Path:
     return Path(base) / "bitfront"
 
 
+def check_writable(directory: Path) -> None:
+    """Create `directory` if needed and write a file there, or raise a one-line error."""
+    from bitfront.errors import BitfrontError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise BitfrontError(f"cannot write to {directory}: {exc.strerror or exc}") from None
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a unique temporary file and a rename: readers never
     see a partial file, and concurrent writers (workers on one machine) never collide."""

@@ -37,3 +37,12 @@ def format_bytes(n: float) -> str:
         if abs(n) < 1024:
             return f"{n:.3g}{unit}"
     return f"{n / 1024:.3g}GiB"
+
+
+def format_seconds(s: float) -> str:
+    """Durations for people: 0.4s, 42s, 7.5min, 3.2h."""
+    if s < 60:
+        return f"{s:.2g}s" if s < 10 else f"{s:.0f}s"
+    if s < 3600:
+        return f"{s / 60:.2g}min"
+    return f"{s / 3600:.2g}h"

@@ -60,10 +60,14 @@ def test_quantize_and_sense_on_a_micro_model(tmp_path, micro_pair):
                        "--trace-batches", "1")
     assert res.returncode == 0, res.stderr
     assert "HAWQ sensitivity" in res.stdout and "down_proj" in res.stdout
+    assert "estimate: disk" in res.stderr and "sensitivity" in res.stderr
     rows = (tmp_path / "sense" / "sensitivity.csv").read_text().splitlines()
     assert rows[0].startswith("layer,kind,block,bits,trace") and len(rows) == 1 + 14 * 4
     res = bitfront_cmd("quantize", "pocket-ar-micro", "--bits", "5")
     assert res.returncode == 1 and "not among the candidate bits" in res.stderr
+    res = bitfront_cmd("sense", "pocket-ar-micro", "--out", str(tmp_path / "plan.json" / "x"))
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        f"error: cannot write to {tmp_path / 'plan.json' / 'x'}: Not a directory"]
 
 
 def test_eval_humaneval_end_to_end(tmp_path, micro_pair):

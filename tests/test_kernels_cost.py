@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bitfront.kernels.attention import SDPA_FLASH, choose_attention
-from bitfront.kernels.qlinear import QuantLinear, module_nbytes, unpack_fast
-from bitfront.kernels.quant import pack_rows, rtn_quantize, unpack_rows
+from bitfront.kernels.qlinear import QuantLinear, module_nbytes
+from bitfront.kernels.quant import rtn_quantize
 from bitfront.models import load_local, load_model
 from bitfront.objectives.latency import LatencyTable, Workload, measure_latency_table
 from bitfront.objectives.memory import measure_memory
@@ -51,13 +51,6 @@ def _with_impl(directory, impl):
     return lm
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_fast_unpack_matches_reference(bits):
-    values = torch.randint(0, 2**bits, (200, 9))
-    words = pack_rows(values, bits)
-    assert torch.equal(unpack_fast(words, bits, 200).long(), unpack_rows(words, bits, 200))
-
-
 @pytest.mark.parametrize("bits,group_size,sym", [(2, 64, False), (3, 128, False),
                                                  (4, 128, False), (4, 64, True),
                                                  (8, -1, True), (8, 128, False)])
@@ -82,7 +75,7 @@ def test_quant_linear_with_a_short_last_group(bits):
     weight = torch.randn(48, 192) * 0.05
     dq, packed = rtn_quantize(weight, bits, 128, False)
     layer = QuantLinear(packed, None, dtype=torch.float32)
-    torch.testing.assert_close(layer.dequantized(), dq.t(), rtol=0, atol=0)
+    torch.testing.assert_close(layer.dequantized(), dq, rtol=0, atol=0)
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +171,4 @@ def test_memory_measurement(packed_setup):
     analytic = plan_memory(space, plan).total_bytes
     assert abs(result.parameter_bytes - analytic) <= 0.01 * analytic
     assert result.how == "cpu rss delta"  # the peak is reported, not asserted: RSS is noisy
+

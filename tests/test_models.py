@@ -8,12 +8,14 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bitfront.errors import CheckpointError, UnknownModelError
-from bitfront.models import GenerationOptions, Prompt, load_local, load_model
+from bitfront.models import GenerationOptions, Prompt, base, load_local, load_model
+from bitfront.models.base import recomputed_blocks, token_stats
 from bitfront.models.causal import CausalLM
 from bitfront.models.coda import CoDANetwork, backbone_config
-from bitfront.models.diffusion import DiffusionLM
+from bitfront.models.diffusion import DiffusionLM, seeded_generator
 from bitfront.models.diffusion_sampling import ALGORITHMS, DiffusionOptions
 
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -199,3 +201,67 @@ def test_unknown_names_and_bad_directories(tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(UnknownModelError, match="could not fetch"):
         load_model("nobody/no-such-model-anywhere")
+
+
+def _full_logit_references(lm, ids):
+    """(loss, top-1 of the targets, log-probs of the targets) from full [B, L, V] logits."""
+    if lm.family == "ar":
+        logits = lm.logits(ids)[:, :-1]
+        targets = ids[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 targets.reshape(-1))
+        return loss, logits, targets
+    noisy, masked, t = lm.noisy_batch(ids, seeded_generator(0))
+    logits = lm.logits(noisy)[masked]
+    ce = torch.nn.functional.cross_entropy(logits, ids[masked], reduction="none")
+    return (ce * (1 / t)[:, None].expand_as(masked)[masked]).sum() / ids.numel(), None, None
+
+
+@pytest.mark.parametrize("family", ["qwen3", "coda"])
+def test_losses_and_scores_run_the_head_in_chunks_with_the_same_result(
+        family, coda, qwen3, monkeypatch):
+    """No [batch, length, vocab] logits: the head sees at most one chunk of positions (also
+    when the backward pass recomputes it), and losses, gradients and scores equal the
+    full-logit computation."""
+    lm = {"coda": coda, "qwen3": qwen3}[family]
+    rows = 7
+    monkeypatch.setattr(base, "HEAD_CHUNK_BYTES", 4 * lm.head.out_features * rows)
+    seen = []
+    hook = lm.head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    ids = torch.randint(5, 60, (3, 16))
+    weight = lm.module.model.layers[0].mlp.down_proj.weight
+    try:
+        chunked = lm.loss(ids, seed=0)
+        (grad,) = torch.autograd.grad(chunked, weight)
+        assert seen and max(seen) <= rows and sum(seen) > 3 * rows  # forward + recompute
+        seen.clear()
+        reference, logits, targets = _full_logit_references(lm, ids)
+        (reference_grad,) = torch.autograd.grad(reference, weight)
+        scores = lm.score_tokens([[5, 6, 7]] * 2 + [[9]], [list(range(10, 40))] * 3)
+        assert max(seen[1:]) <= rows  # seen[0]: the full-logit reference above
+    finally:
+        hook.remove()
+    torch.testing.assert_close(chunked, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-4, atol=1e-7)
+    if family == "qwen3":
+        full = lm.logits(torch.tensor([[5, 6, 7, *range(10, 40)]]))[0, 2:-1]
+        correct, logprob = token_stats(full, torch.arange(10, 40))
+        assert scores.accuracy[0] == pytest.approx(correct.mean().item())
+        assert scores.logprob[0] == pytest.approx(logprob.mean().item(), rel=1e-5)
+
+
+def test_recomputed_blocks_keep_gradients_and_second_derivatives(qwen3):
+    ids = torch.randint(5, 60, (2, 12))
+    weight = qwen3.module.model.layers[1].self_attn.v_proj.weight
+    probe = torch.randn_like(weight)
+
+    def hvp():
+        (grad,) = torch.autograd.grad(qwen3.loss(ids), weight, create_graph=True)
+        return torch.autograd.grad((grad * probe).sum(), weight)[0]
+
+    with sdpa_kernel(SDPBackend.MATH):
+        plain = hvp()
+        with recomputed_blocks(qwen3.module) as wrapped:
+            recomputed = hvp()
+    assert wrapped == 2 and "forward" not in vars(qwen3.module.model.layers[0])
+    torch.testing.assert_close(recomputed, plain, rtol=1e-4, atol=1e-7)

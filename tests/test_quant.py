@@ -31,7 +31,7 @@ def test_pack_round_trip_is_exact(bits, n):
     values = torch.randint(0, 2**bits, (n, 7))
     words = pack_rows(values, bits)
     assert words.dtype == torch.int32 and words.shape == (-(-n // 32) * bits, 7)
-    assert torch.equal(unpack_rows(words, bits, n), values)
+    assert torch.equal(unpack_rows(words, bits, n).long(), values)
 
 
 @pytest.mark.parametrize("sym", [False, True])

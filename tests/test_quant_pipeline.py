@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bitfront.errors import BitfrontError, PlanError
@@ -175,6 +176,27 @@ def test_memory_accounting_equals_the_packed_tensors(ar_micro, ar_candidates):
                for b in (2, 3, 4, 8, 16)]
     assert uniform == sorted(uniform) and uniform[-1] == 16.0
     assert 4.0 < uniform[2] < 5.5  # 4 bits plus scales/zeros/g_idx overhead
+
+
+def test_the_cache_holds_each_original_once_and_packed_forms_only(ar_micro, ar_candidates):
+    """No dequantized copy of a candidate is written: per layer the original weight, then for
+    each bitwidth integer codes/zeros/g_idx and fp16 scales; the bytes are exactly those."""
+    cands, _ = ar_candidates
+    packed_dtypes = {"qweight": torch.int32, "qzeros": torch.int32, "scales": torch.float16,
+                     "g_idx": torch.int32}
+    for name in cands.space.names():
+        with safe_open(cands.file(name), framework="pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+        original = tensors.pop("w16")
+        assert torch.equal(original, dict(ar_micro.module.named_modules())[name].weight)
+        assert set(tensors) == {f"{b}.{f}" for b in cands.settings.bits for f in packed_dtypes}
+        for key, tensor in tensors.items():
+            assert tensor.dtype == packed_dtypes[key.split(".")[1]], key
+        expected = original.nbytes + sum(cands.packed(name, b).nbytes()
+                                         for b in cands.settings.bits)
+        assert sum(t.nbytes for t in tensors.values()) + original.nbytes == expected
+        header = cands.file(name).stat().st_size - expected
+        assert 0 < header < 4096
 
 
 def test_candidates_are_cached_verified_and_resumed(ar_micro, ar_candidates, tmp_path):

@@ -10,7 +10,8 @@ quantized weights:
 - `int8pack`: PyTorch's weight-only int8 kernel (`_weight_int8pack_mm`) for 8-bit symmetric
   per-channel layers (w = s·(q − 128)); bf16/fp16 activations.
 - `dequant`: anything else: the GPTQ-format tensors (qweight, qzeros, scales, g_idx; see
-  kernels/quant.py) are unpacked and dequantized, then one matmul. On CUDA this is the path
+  kernels/quant.py) are unpacked and dequantized (`dequantize`, computed in float32, so the
+  weight equals the simulated plan's), then one matmul. On CUDA this is the path
   used too: the GPTQModel / Triton kernels are not wired because no GPU was available to
   validate them.
 """
@@ -20,7 +21,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bitfront.kernels.quant import PackedWeight, unpack_codes
+from bitfront.kernels.quant import (
+    PackedWeight,
+    contiguous_groups,
+    dequantize,
+    unpack_codes,
+)
 
 KERNELS = ("int4pack", "int8pack", "dequant")
 _FAST_DTYPES = (torch.bfloat16, torch.float16)
@@ -31,47 +37,12 @@ def _has_op(name: str) -> bool:
     return hasattr(torch.ops.aten, name)
 
 
-def _unpack_plan(bits: int, device) -> tuple[torch.Tensor, ...]:
-    """For each of the 32 values of a packed block: its low word and shift, the mask of the
-    bits it finds there, its high word and the shift into it (values of 3 bits may straddle
-    two int32 words), and whether it straddles."""
-    j = torch.arange(32, device=device, dtype=torch.int32)
-    word, shift = (j * bits) // 32, (j * bits) % 32
-    straddle = shift + bits > 32
-    low_bits = torch.clamp(32 - shift, max=bits)
-    low_mask = (torch.ones_like(j) << low_bits) - 1
-    high_shift = torch.where(straddle, 32 - shift, 0)
-    return word.long(), shift, low_mask, torch.clamp(word + 1, max=bits - 1).long(), \
-        high_shift, straddle.to(torch.int32)
-
-
-def unpack_fast(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """`unpack_rows` vectorised, in int32: words [blocks·bits, m] -> values [n, m]."""
-    blocks, m = words.shape[0] // bits, words.shape[1]
-    if 32 % bits == 0:
-        shifts = torch.arange(0, 32, bits, device=words.device, dtype=torch.int32)
-        values = (words.unsqueeze(1) >> shifts.view(1, -1, 1)) & ((1 << bits) - 1)
-        return values.reshape(words.shape[0] * (32 // bits), m)[:n]
-    word, shift, low_mask, high, high_shift, straddle = _unpack_plan(bits, words.device)
-    w = words.view(blocks, bits, m)
-    low = (w[:, word] >> shift.view(1, -1, 1)) & low_mask.view(1, -1, 1)
-    up = ((w[:, high] << high_shift.view(1, -1, 1)) & ((1 << bits) - 1)) * straddle.view(1, -1, 1)
-    return (low | up).reshape(blocks * 32, m)[:n]
-
-
-def _contiguous_groups(packed: PackedWeight) -> bool:
-    out_f, in_f = packed.shape
-    size = in_f if packed.group_size == -1 else packed.group_size
-    expected = torch.arange(in_f, device=packed.g_idx.device) // size
-    return bool(torch.equal(packed.g_idx.long(), expected))
-
-
 def choose_kernel(packed: PackedWeight, dtype: torch.dtype, device: torch.device) -> str:
     out_f, in_f = packed.shape
     size = in_f if packed.group_size == -1 else packed.group_size
     if device.type != "cpu" or dtype not in _FAST_DTYPES:
         return "dequant"
-    if (packed.bits == 4 and _has_op("_weight_int4pack_mm_for_cpu") and _contiguous_groups(packed)
+    if (packed.bits == 4 and _has_op("_weight_int4pack_mm_for_cpu") and contiguous_groups(packed)
             and in_f % size == 0 and size in (32, 64, 128, 256) and in_f % 16 == 0):
         return "int4pack"
     if packed.bits == 8 and packed.group_size == -1 and _has_op("_weight_int8pack_mm"):
@@ -110,7 +81,7 @@ class QuantLinear(nn.Module):
         else:
             for name, tensor in packed.tensors().items():
                 self.register_buffer(name, tensor.to(device))
-            self.contiguous = _contiguous_groups(packed)
+            self.contiguous = contiguous_groups(packed)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(device, dtype),
                                                            requires_grad=False)
 
@@ -119,18 +90,10 @@ class QuantLinear(nn.Module):
                 f"bits={self.bits}, group_size={self.group_size}, kernel={self.kernel}")
 
     def dequantized(self) -> torch.Tensor:
-        """The weight, transposed [in, out], in `self.dtype` (the `dequant` kernel's first
-        step); per-group broadcasting when groups are contiguous, a gather otherwise."""
-        codes = unpack_fast(self.qweight, self.bits, self.in_features)  # [in, out]
-        zeros = unpack_fast(self.qzeros.t().contiguous(), self.bits, self.out_features).t()
-        scales = self.scales.to(self.dtype)  # [groups, out]
-        groups = scales.shape[0]
-        size = self.in_features if self.group_size == -1 else self.group_size
-        if self.contiguous and groups * size == self.in_features:
-            w = (codes.view(groups, size, -1) - zeros.unsqueeze(1)).to(self.dtype)
-            return (w * scales.unsqueeze(1)).view(self.in_features, -1)
-        g = self.g_idx.long()
-        return (codes - zeros[g]).to(self.dtype) * scales[g]
+        """The weight [out, in] in `self.dtype` (the `dequant` kernel's first step)."""
+        packed = PackedWeight(self.bits, self.group_size, self.qweight, self.qzeros,
+                              self.scales, self.g_idx, (self.out_features, self.in_features))
+        return dequantize(packed, self.dtype, contiguous=self.contiguous)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -142,7 +105,7 @@ class QuantLinear(nn.Module):
         elif self.kernel == "int8pack":
             y = torch.ops.aten._weight_int8pack_mm(x, self.weight_int8, self.scales)
         else:
-            y = x @ self.dequantized()
+            y = nn.functional.linear(x, self.dequantized())
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)

@@ -17,7 +17,7 @@ g_idx int32 [in] (the group of each input column).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -43,6 +43,9 @@ class PackedWeight:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def to(self, device: torch.device | str) -> PackedWeight:
+        return replace(self, **{k: t.to(device) for k, t in self.tensors().items()})
 
 
 def check_bits(bits: int) -> None:
@@ -143,20 +146,29 @@ def pack_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
     return words.view(blocks * bits, m).to(torch.int32)
 
 
-def unpack_rows(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """Inverse of `pack_rows`: int32 words -> int64 values [n, m]."""
-    m = words.shape[1]
-    blocks = words.shape[0] // bits
-    w = words.to(torch.int64).view(blocks, bits, m) & 0xFFFFFFFF
+def unpack_last(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Values packed along the last dim: int32 words [m, blocks·bits] -> uint8 [m, n],
+    vectorised on the words' device (one whole-tensor op per bit position of a byte). The
+    words are read as their little-endian bytes, a bitstream: for widths dividing 8 a value
+    never straddles a byte; for 3 bits every 3 bytes hold 8 whole values."""
+    m = words.shape[0]
+    octets = words.contiguous().view(torch.uint8)  # [m, blocks·bits·4]
+    if bits == 8:
+        return octets[:, :n]
     mask = (1 << bits) - 1
-    out = torch.empty(blocks, VALUES_PER_BLOCK, m, dtype=torch.int64, device=words.device)
-    for j in range(VALUES_PER_BLOCK):
-        word, shift = divmod(j * bits, 32)
-        value = w[:, word] >> shift
-        if shift + bits > 32:
-            value = value | (w[:, word + 1] << (32 - shift))
-        out[:, j] = value & mask
-    return out.view(blocks * VALUES_PER_BLOCK, m)[:n]
+    if 8 % bits == 0:
+        values = torch.stack([(octets >> shift) & mask for shift in range(0, 8, bits)], -1)
+    else:
+        triple = octets.view(m, -1, 3).to(torch.int32)
+        stream = triple[..., 0] | (triple[..., 1] << 8) | (triple[..., 2] << 16)
+        values = torch.stack([((stream >> shift) & mask).to(torch.uint8)
+                              for shift in range(0, 8 * bits, bits)], -1)
+    return values.view(m, -1)[:, :n]
+
+
+def unpack_rows(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of `pack_rows`: int32 words [blocks·bits, m] -> uint8 values [n, m]."""
+    return unpack_last(words.t(), bits, n).t()
 
 
 def pack_weight(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
@@ -178,16 +190,53 @@ def pack_weight(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, 
 
 
 def unpack_codes(packed: PackedWeight) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes [out, in], zeros [n_groups, out]) as int64."""
+    """(codes [out, in], zeros [n_groups, out]) as int32."""
     out_f, in_f = packed.shape
-    codes = unpack_rows(packed.qweight, packed.bits, in_f).t()
-    zeros = unpack_rows(packed.qzeros.t().contiguous(), packed.bits, out_f).t()
-    return codes, zeros
+    codes = unpack_last(packed.qweight.t(), packed.bits, in_f)
+    zeros = unpack_rows(packed.qzeros.t(), packed.bits, out_f).t()
+    return codes.to(torch.int32), zeros.to(torch.int32)
 
 
-def dequantize(packed: PackedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The dequantized weight [out, in] of a packed weight."""
-    codes, zeros = unpack_codes(packed)
-    g = packed.g_idx.long()
-    scales = packed.scales.float()[g].t()  # [out, in]
-    return (scales * (codes - zeros[g].t())).to(dtype)
+DEQUANT_CHUNK = 1 << 21  # weights dequantized per step: the temporaries stay in cache
+
+
+def dequantize(packed: PackedWeight, dtype: torch.dtype = torch.float32, *,
+               contiguous: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The dequantized weight [out, in] in `dtype` (written into `out` if given), on the
+    packed tensors' device. Computed in float32 as q·s − z·s, which equals s·(q − z) exactly
+    (an fp16 scale times an integer of at most 8 bits), so it equals GPTQ's dequantized
+    weight cast to `dtype`. Contiguous groups (`contiguous`, if the caller knows it) are
+    dequantized a chunk of rows at a time; act-order groups through a gather."""
+    out_f, in_f = packed.shape
+    words = packed.qweight.t()  # [out, in words]
+    zeros = unpack_rows(packed.qzeros.t(), packed.bits, out_f).float()  # [out, groups]
+    scales = packed.scales.t().float()  # [out, groups]
+    out = torch.empty(out_f, in_f, dtype=dtype, device=words.device) if out is None else out
+    groups = scales.shape[1]
+    size = in_f if packed.group_size == -1 else packed.group_size
+    if contiguous is None:
+        contiguous = contiguous_groups(packed)
+    if not (contiguous and groups * size == in_f):
+        g = packed.g_idx.long()
+        codes = unpack_last(words, packed.bits, in_f)
+        return out.copy_((codes - zeros[:, g]) * scales[:, g])
+    offsets = zeros * scales
+    rows = max(1, DEQUANT_CHUNK // in_f)
+    for r in range(0, out_f, rows):
+        chunk = out[r:r + rows]
+        exact = chunk if chunk.dtype == torch.float32 else torch.empty_like(
+            chunk, dtype=torch.float32)
+        exact.copy_(unpack_last(words[r:r + rows], packed.bits, in_f))
+        grouped = exact.view(-1, groups, size)
+        grouped.mul_(scales[r:r + rows, :, None]).sub_(offsets[r:r + rows, :, None])
+        if exact is not chunk:
+            chunk.copy_(exact)
+    return out
+
+
+def contiguous_groups(packed: PackedWeight) -> bool:
+    """Whether input column i belongs to group i // group_size (no act-order permutation)."""
+    out_f, in_f = packed.shape
+    size = in_f if packed.group_size == -1 else packed.group_size
+    expected = torch.arange(in_f, device=packed.g_idx.device) // size
+    return bool(torch.equal(packed.g_idx.long(), expected))

@@ -3,18 +3,27 @@
 Everything above `models/` talks to a model only through this class: the torch module,
 its tokenizer, its quantizable linears, `generate()` for pass@k and `score()` (teacher-forced
 top-1 accuracy and mean log-prob of target tokens) for the fast proxy.
+
+Memory: losses, scores and calibration never hold [batch, length, vocab] logits. The model
+runs to the head's input (`hidden_at`, only at the positions that are scored), and the head
+runs over chunks of those positions (`head_cross_entropy`, `head_token_stats`); under
+autograd each chunk is checkpointed, so the backward pass holds one chunk's logits too.
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 Family = Literal["ar", "diffusion"]
 
@@ -141,10 +150,33 @@ class CodeLM(ABC):
         return sorted({i for i in ids if i is not None})
 
     @abstractmethod
+    def hidden_at(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's input [B, L, H], or [N, H] at the bool mask `positions` [B, L] in
+        row-major order, aligned like `logits`."""
+
+    @property
+    def head(self) -> nn.Module:
+        """The output projection (hidden state -> vocabulary logits)."""
+        return self.module.get_output_embeddings()
+
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                ) -> torch.Tensor:
         """Logits aligned so that `logits[:, i]` predicts token `i + 1` (AR) or token `i`
-        (diffusion, after CoDA's shift) — see each family's docstring."""
+        (diffusion, after CoDA's shift) — see each family's docstring. Full
+        [B, L, vocab]: for small inputs; scoring and losses use `hidden_at` and the head in
+        chunks."""
+        return self.head(self.hidden_at(input_ids, attention_mask=attention_mask))
+
+    @torch.no_grad()
+    def calibration_forward(self, input_ids: torch.Tensor, *, head: bool = False) -> None:
+        """One forward pass for the input statistics of the linears (hooks see it); the
+        head runs, in chunks of positions, only when `head`."""
+        hidden = self.hidden_at(input_ids)
+        if head:
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            for rows in head_chunks(flat.shape[0], self.head.out_features):
+                self.head(flat[rows])
 
     @abstractmethod
     def loss(self, input_ids: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
@@ -191,11 +223,66 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
+@contextmanager
+def recomputed_blocks(module: nn.Module) -> Iterator[int]:
+    """Inside the `with`, every decoder block (transformers' `GradientCheckpointingLayer`)
+    keeps only its input for the backward pass and recomputes the rest (non-reentrant
+    `torch.utils.checkpoint`, which double backward goes through too). Yields how many
+    blocks it wraps. Works in eval mode, unlike transformers' own switch."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [m for m in module.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for block in blocks:
+        block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+    try:
+        yield len(blocks)
+    finally:
+        for block in blocks:
+            del block.forward
+
+
+HEAD_CHUNK_BYTES = 32 << 20  # float32 logits materialised at once by the chunked head
+
+
+def head_chunks(n: int, vocab: int) -> list[slice]:
+    """Slices of `n` positions whose float32 logits take at most `HEAD_CHUNK_BYTES`."""
+    rows = max(1, HEAD_CHUNK_BYTES // (4 * vocab))
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+
+
 def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-position (top-1 correct, log-prob of target) for `logits` [N, V], `targets` [N]."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     correct = (logits.argmax(dim=-1) == targets).float()
     return correct, logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def head_token_stats(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_stats` of `head(hidden)` [N, V], one chunk of positions at a time."""
+    parts = [token_stats(head(hidden[rows]), targets[rows])
+             for rows in head_chunks(hidden.shape[0], head.out_features)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _weighted_ce(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                 weights: torch.Tensor) -> torch.Tensor:
+    return (F.cross_entropy(head(hidden).float(), targets, reduction="none") * weights).sum()
+
+
+def head_cross_entropy(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ weight · cross-entropy(head(hidden), target) over [N] positions (weights default
+    to 1), one chunk of positions at a time; under autograd each chunk is checkpointed (its
+    logits are recomputed in the backward pass, also for double backward)."""
+    weights = torch.ones_like(targets, dtype=torch.float32) if weights is None else weights
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for rows in head_chunks(hidden.shape[0], head.out_features):
+        args = (head, hidden[rows], targets[rows], weights[rows])
+        total = total + (checkpoint(_weighted_ce, *args, use_reentrant=False)
+                         if torch.is_grad_enabled() else _weighted_ce(*args))
+    return total
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from bitfront.models.base import (
     CodeLM,
@@ -14,9 +13,10 @@ from bitfront.models.base import (
     ScoreResult,
     batches,
     cut_at_stops,
+    head_cross_entropy,
+    head_token_stats,
     pad_batch,
     resolve_options,
-    token_stats,
 )
 
 
@@ -25,20 +25,23 @@ class CausalLM(CodeLM):
 
     family = "ar"
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-               ) -> torch.Tensor:
+    def hidden_at(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
-        out = self.module(input_ids=input_ids.to(self.device), attention_mask=attention_mask,
-                          use_cache=False)
-        return out.logits
+        hidden = self.module.get_decoder()(input_ids=input_ids.to(self.device),
+                                           attention_mask=attention_mask,
+                                           use_cache=False).last_hidden_state
+        return hidden if positions is None else hidden[positions.to(self.device)]
 
     def loss(self, input_ids: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         """Next-token cross-entropy (deterministic: `seed` is unused)."""
         input_ids = input_ids.to(self.device)
-        logits = self.logits(input_ids)[:, :-1]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                               input_ids[:, 1:].reshape(-1))
+        predicting = torch.ones_like(input_ids, dtype=torch.bool)
+        predicting[:, -1] = False
+        targets = input_ids[:, 1:].reshape(-1)
+        hidden = self.hidden_at(input_ids, predicting)
+        return head_cross_entropy(self.head, hidden, targets) / targets.numel()
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[PromptLike], options: GenerationOptions | None = None,
@@ -82,13 +85,15 @@ class CausalLM(CodeLM):
         accuracy, logprob = [0.0] * len(seqs), [0.0] * len(seqs)
         for idx in batches(len(seqs), batch_size, [len(s) for s in seqs]):
             ids, mask = pad_batch([seqs[i] for i in idx], self.pad_token_id, side="right")
-            logits = self.logits(ids, mask)
+            predicting = torch.zeros_like(ids, dtype=torch.bool)
             for row, i in enumerate(idx):
                 # Without a context the first target token has no prediction: skip it.
-                first = max(len(contexts[i]), 1)
-                end = len(seqs[i])
-                pos = torch.arange(first - 1, end - 1)
-                ok, lp = token_stats(logits[row, pos.to(logits.device)],
-                                     ids[row, first:end].to(logits.device))
-                accuracy[i], logprob[i] = ok.mean().item(), lp.mean().item()
+                predicting[row, max(len(contexts[i]), 1) - 1:len(seqs[i]) - 1] = True
+            wanted = ids[:, 1:][predicting[:, :-1]]
+            ok, lp = head_token_stats(self.head, self.hidden_at(ids, predicting, mask),
+                                      wanted.to(self.device))
+            # Row-major order: each row's positions are contiguous, in `idx` order.
+            counts = predicting.sum(dim=1).tolist()
+            for i, row_ok, row_lp in zip(idx, ok.split(counts), lp.split(counts), strict=True):
+                accuracy[i], logprob[i] = row_ok.mean().item(), row_lp.mean().item()
         return ScoreResult(accuracy=accuracy, logprob=logprob)

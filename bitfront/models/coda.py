@@ -85,7 +85,15 @@ class CoDANetwork(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """Shifted logits [B, L, V]: `out[:, i]` is the prediction for token i; with a bool
-        mask `positions` [B, L], only those positions' logits, [N, V] in row-major order.
+        mask `positions` [B, L], only those positions' logits, [N, V] in row-major order."""
+        return self.lm_head(self.hidden(input_ids, positions))
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def hidden(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """The head's input, shifted like the logits ([B, L, H], or [N, H] at `positions`).
 
         The head is applied per position, so shifting the hidden states equals shifting the
         logits, and is cheaper; asking for a few positions skips the head everywhere else.
@@ -95,7 +103,7 @@ class CoDANetwork(nn.Module):
         hidden = self.model(input_ids=input_ids, attention_mask=no_mask,
                             use_cache=False).last_hidden_state
         shifted = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
-        return self.lm_head(shifted if positions is None else shifted[positions])
+        return shifted if positions is None else shifted[positions]
 
 
 def read_config(directory: Path) -> dict:

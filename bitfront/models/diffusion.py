@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from bitfront.models.base import (
     CodeLM,
@@ -14,9 +13,10 @@ from bitfront.models.base import (
     ScoreResult,
     batches,
     cut_at_stops,
+    head_cross_entropy,
+    head_token_stats,
     pad_batch,
     resolve_options,
-    token_stats,
 )
 from bitfront.models.coda import CoDANetwork, CoDATokens
 from bitfront.models.diffusion_sampling import DiffusionOptions, diffusion_sample
@@ -59,10 +59,11 @@ class DiffusionLM(CodeLM):
     def stop_token_ids(self) -> list[int]:
         return sorted({self.tokens.eos, self.tokens.pad})
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-               ) -> torch.Tensor:
+    def hidden_at(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         # CoDA attends to everything, padding included: `attention_mask` is ignored by design.
-        return self.module(input_ids.to(self.device))
+        return self.module.hidden(input_ids.to(self.device),
+                                  None if positions is None else positions.to(self.device))
 
     def logits_at(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Shifted logits only at the positions of the bool mask [B, L]: [N, V]."""
@@ -94,10 +95,10 @@ class DiffusionLM(CodeLM):
         input_ids = input_ids.to(self.device)
         noisy, masked, t = self.noisy_batch(input_ids.cpu(), seeded_generator(seed), maskable)
         masked, t = masked.to(self.device), t.to(self.device)
-        logits = self.logits_at(noisy.to(self.device), masked)
-        ce = F.cross_entropy(logits.float(), input_ids[masked], reduction="none")
         weights = (1.0 / t)[:, None].expand_as(masked)[masked]
-        return (ce * weights).sum() / input_ids.numel()
+        hidden = self.hidden_at(noisy, masked)
+        return head_cross_entropy(self.head, hidden, input_ids[masked], weights) / \
+            input_ids.numel()
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[PromptLike], options: GenerationOptions | None = None,
@@ -148,8 +149,8 @@ class DiffusionLM(CodeLM):
             masked = torch.zeros_like(ids, dtype=torch.bool)
             for row, j in enumerate(idx):
                 masked[row, rows[j][2]] = True
-            logits = self.logits_at(ids.masked_fill(masked, self.tokens.mask), masked)
-            ok, lp = token_stats(logits, ids[masked].to(logits.device))
+            hidden = self.hidden_at(ids.masked_fill(masked, self.tokens.mask), masked)
+            ok, lp = head_token_stats(self.head, hidden, ids[masked].to(self.device))
             # Row-major order: each row's masked positions are contiguous, in `idx` order.
             start = 0
             for j in idx:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from bitfront.errors import CheckpointError, UnknownModelError
+from bitfront.errors import BitfrontError, CheckpointError, UnknownModelError
 from bitfront.kernels.attention import choose_attention
 from bitfront.models.base import CodeLM
 from bitfront.models.causal import CausalLM
@@ -102,6 +102,10 @@ def load_local(path: Path, *, name: str | None = None, device: torch.device | st
         shown = ", ".join(str(k) for k in list(bad)[:5])
         raise CheckpointError(f"{path} does not match its config: {len(bad)} missing or "
                               f"mis-shaped tensors ({shown})")
+    if compressor := getattr(getattr(module, "hf_quantizer", None), "compressor", None):
+        # compressed-tensors decompresses on the model's first forward pass (a hook on the
+        # root module, which `CausalLM` bypasses to run its head in chunks): do it now.
+        compressor.decompress_model(module)
     return CausalLM(name, module.to(device), tokenizer)
 
 
@@ -120,9 +124,18 @@ def _tokenizer(path: Path):
         raise CheckpointError(f"{path} has no usable tokenizer files: {exc}") from exc
 
 
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
 def load_model(name: str, *, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None, attn: str | None = None,
+               dtype: torch.dtype | str | None = None, attn: str | None = None,
                show_progress: bool = True) -> CodeLM:
-    """Load any supported model by name (see the module docstring)."""
+    """Load any supported model by name (see the module docstring); `dtype` may be named
+    (float32/fp32, bfloat16/bf16, float16/fp16)."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise BitfrontError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+        dtype = DTYPES[dtype]
     path = resolve_model_path(name, show_progress=show_progress)
     return load_local(path, name=name, device=device, dtype=dtype, attn=attn)

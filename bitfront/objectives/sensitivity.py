@@ -22,7 +22,7 @@ from torch import nn
 
 from bitfront.config import Config, setting
 from bitfront.kernels.hvp import hutchinson_traces
-from bitfront.models.base import CodeLM
+from bitfront.models.base import CodeLM, recomputed_blocks
 from bitfront.paths import read_cached, write_atomic
 from bitfront.quant.calibration import Calibration
 from bitfront.quant.candidates import Candidates
@@ -128,10 +128,15 @@ def hawq_sensitivity(lm: CodeLM, candidates: Candidates, calibration: Calibratio
     weights = {name: modules[name].weight for name in space.names()}
     c = config
     data = calibration.clean[:c.batches] if c.batches else calibration.clean
-    with _float32(lm.module):
+
+    def restore() -> None:  # the originals come back from the cache: no copy in memory
+        for name, weight in weights.items():
+            candidates.weight(name, 16, out=weight.data)
+
+    with _float32(lm.module), recomputed_blocks(lm.module):
         traces = hutchinson_traces(lambda b: lm.loss(b, seed=c.seed), lm.module, weights, data,
                                    probes=c.probes, method=c.method, eps=c.eps, seed=c.seed,
-                                   show_progress=show_progress)
+                                   restore=restore, show_progress=show_progress)
     rows = []
     for layer in space.layers:
         original = candidates.weight(layer.name, 16).float()

@@ -15,6 +15,7 @@ from bitfront.objectives.sensitivity import (
     cached_sensitivity,
     gptq_loss_sensitivity,
 )
+from bitfront.planner.preflight import prepare
 from bitfront.planner.seeds import SeedProblem
 from bitfront.planner.study import PlanSearch, SearchConfig
 from bitfront.quant.calibration import CalibrationConfig, calibration_set
@@ -34,6 +35,11 @@ class Setup(Config):
     latency: Workload = setting(factory=Workload)
 
 
+def search_settings(config: SearchConfig, setup: Setup) -> dict:
+    """The versioned settings a study records (and a joining worker must match)."""
+    return {"schema": SCHEMA, "setup": setup.to_dict(), "search": config.to_dict()}
+
+
 def build_search(lm: CodeLM, config: SearchConfig, setup: Setup, *, mbpp_source=None,
                  show_progress: bool = True) -> PlanSearch:
     space = layer_space(lm, **setup.space.to_dict())
@@ -42,6 +48,9 @@ def build_search(lm: CodeLM, config: SearchConfig, setup: Setup, *, mbpp_source=
                       group_size=setup.quantizer.group_size,
                       sym=setup.quantizer.sym).check(config.memory_budget)
     calibration = calibration_set(lm, setup.calibration, mbpp_source=mbpp_source)
+    ranked = config.ilp_budgets > 0 and not config.cheap_sensitivity
+    prepare(lm, space, calibration, setup, trials=config.trials, show=show_progress,
+            stages=("calibration", "gptq", *(("sensitivity",) if ranked else ()), "trials"))
     candidates = build_candidates(lm, space, calibration, settings=setup.quantizer,
                                   show_progress=show_progress)
     sensitivity = None
@@ -56,5 +65,5 @@ def build_search(lm: CodeLM, config: SearchConfig, setup: Setup, *, mbpp_source=
                                       group_size=setup.quantizer.group_size,
                                       show_progress=show_progress)
     proxy = AccuracyProxy(lm, setup.proxy, mbpp_source=mbpp_source)
-    settings = {"schema": SCHEMA, "setup": setup.to_dict(), "search": config.to_dict()}
-    return PlanSearch(lm, candidates, proxy, table, sensitivity, config, settings=settings)
+    return PlanSearch(lm, candidates, proxy, table, sensitivity, config,
+                      settings=search_settings(config, setup))

@@ -1,5 +1,5 @@
-"""Applying a bit plan. For the search: cached candidate weights are copied into the live
-model's layers in place (only the layers whose bitwidth changes), and the originals (the 16-bit
+"""Applying a bit plan. For the search: cached packed candidates are dequantized straight into
+the live model's layers (only the layers whose bitwidth changes), and the originals (the 16-bit
 candidates) are copied back on restore; no model copy, no re-quantization. For latency and
 memory: a packed copy of the model whose quantized layers compute from low-bit storage."""
 
@@ -49,7 +49,7 @@ class PlanApplier:
         changed = 0
         for name, spec in plan.specs.items():
             if self.current[name] != spec.bits:
-                self.weights[name].data.copy_(self.candidates.weight(name, spec.bits))
+                self.candidates.weight(name, spec.bits, out=self.weights[name].data)
                 self.current[name] = spec.bits
                 changed += 1
         return changed
@@ -57,7 +57,7 @@ class PlanApplier:
     def restore(self) -> None:
         for name, bits in self.current.items():
             if bits != 16:
-                self.weights[name].data.copy_(self.candidates.weight(name, 16))
+                self.candidates.weight(name, 16, out=self.weights[name].data)
                 self.current[name] = 16
 
     @contextmanager

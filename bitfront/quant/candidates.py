@@ -2,8 +2,11 @@
 
 Candidates of a model are keyed by the model fingerprint, the calibration fingerprint, the
 quantizer settings and the layer space; they live in `<cache>/candidates/<key>/`, one
-safetensors file per layer holding the original weight (`w16`), each bitwidth's dequantized
-weight and its packed form, with GPTQ's loss and a checksum in the metadata. Files are written
+safetensors file per layer holding the original weight once (`w16`) and each bitwidth's packed
+form only (codes, zeros, fp16 scales, g_idx), with GPTQ's loss and a checksum in the metadata:
+1 + Σ bits / dtype bits of the layer's bytes, plus the scales. A bitwidth's weight is
+dequantized on the model's device when it is asked for and never kept: no dequantized copy is
+on disk or resident. Files are written
 atomically (temp file + rename); an entry that fails to parse or whose checksum does not match
 is recomputed, and a killed run resumes from the layers already on disk (only the missing
 layers' Hessians are captured again).
@@ -15,6 +18,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,14 +29,14 @@ from torch import nn
 from bitfront.config import Config, setting
 from bitfront.kernels.gptq import GPTQResult, gptq_quantize
 from bitfront.kernels.hessian import capture_hessians
-from bitfront.kernels.quant import PackedWeight, rtn_quantize
+from bitfront.kernels.quant import PackedWeight, dequantize, rtn_quantize
 from bitfront.models.base import CodeLM
 from bitfront.paths import cache_dir, write_atomic
 from bitfront.progress import progress_bar
 from bitfront.quant.calibration import Calibration
 from bitfront.space.layers import LayerSpace
 
-FORMAT = 1
+FORMAT = 2  # 2: packed forms only (1 also stored every dequantized weight)
 PACKED_FIELDS = ("qweight", "qzeros", "scales", "g_idx")
 CANDIDATE_BITS = (2, 3, 4, 8)
 
@@ -81,8 +85,8 @@ def _layer_weight(module: nn.Module) -> torch.Tensor:
 
 
 class Candidates:
-    """Read access to a complete candidate directory; weights are loaded once, on demand,
-    onto `device` in `dtype`."""
+    """Read access to a complete candidate directory: weights on `device` in `dtype`, read
+    (and dequantized) on demand, not retained."""
 
     def __init__(self, directory: Path, space: LayerSpace, settings: QuantizerSettings,
                  *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
@@ -91,7 +95,6 @@ class Candidates:
         self.settings = settings
         self.device = torch.device(device)
         self.dtype = dtype
-        self._weights: dict[tuple[str, int], torch.Tensor] = {}
         manifest = json.loads((directory / "manifest.json").read_text())
         self.calibration: dict = manifest["calibration"]
         self.losses: dict[str, dict[int, float]] = {
@@ -110,32 +113,48 @@ class Candidates:
     def file(self, name: str) -> Path:
         return self.directory / f"{name}.safetensors"
 
-    def weight(self, name: str, bits: int) -> torch.Tensor:
-        """The dequantized weight of `name` at `bits` (16: the original)."""
-        key = (name, bits)
-        if key not in self._weights:
-            with safe_open(self.file(name), framework="pt") as fh:
-                tensor = fh.get_tensor(f"w{bits}")
-            self._weights[key] = tensor.to(self.device, self.dtype)
-        return self._weights[key]
+    def weight(self, name: str, bits: int, *, out: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """The weight of `name` at `bits` (16: the original), dequantized on the device
+        (into `out`, if given: plan application writes straight into the live weight)."""
+        layer = self.space[name]
+        return read_weight(self.file(name), bits, self.settings.group_size,
+                           (layer.out_features, layer.in_features), self.device, self.dtype,
+                           out=out)
 
     def packed(self, name: str, bits: int) -> PackedWeight:
         layer = self.space[name]
-        with safe_open(self.file(name), framework="pt") as fh:
-            parts = {f: fh.get_tensor(f"{bits}.{f}") for f in PACKED_FIELDS}
-        return PackedWeight(bits=bits, group_size=self.settings.group_size,
-                            shape=(layer.out_features, layer.in_features), **parts)
+        return read_packed(self.file(name), bits, self.settings.group_size,
+                           (layer.out_features, layer.in_features))
 
     def gptq_loss(self, name: str, bits: int) -> float:
         return 0.0 if bits == 16 else self.losses[name][bits]
 
 
-def _write_layer(path: Path, original: torch.Tensor, results: dict[int, GPTQResult]) -> str:
-    dtype = original.dtype
+def read_packed(path: Path, bits: int, group_size: int, shape: tuple[int, int]
+                ) -> PackedWeight:
+    """One bitwidth's packed form from a layer file."""
+    with safe_open(path, framework="pt") as fh:
+        parts = {f: fh.get_tensor(f"{bits}.{f}") for f in PACKED_FIELDS}
+    return PackedWeight(bits=bits, group_size=group_size, shape=shape, **parts)
+
+
+def read_weight(path: Path, bits: int, group_size: int, shape: tuple[int, int],
+                device: torch.device, dtype: torch.dtype, *, out: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """A layer file's weight at `bits` on `device` in `dtype` (into `out`, if given): the
+    original at 16 bits, else the packed form moved to `device` and dequantized there."""
+    if bits != 16:
+        return dequantize(read_packed(path, bits, group_size, shape).to(device), dtype, out=out)
+    with safe_open(path, framework="pt") as fh:
+        original = fh.get_tensor("w16")
+    return original.to(device, dtype) if out is None else out.copy_(original)
+
+
+def write_layer(path: Path, original: torch.Tensor, results: dict[int, GPTQResult]) -> str:
     tensors = {"w16": original.cpu().contiguous()}
     meta = {"format": str(FORMAT)}
     for bits, result in results.items():
-        tensors[f"w{bits}"] = result.weight.to(dtype).cpu().contiguous()
         for field, tensor in result.packed.tensors().items():
             tensors[f"{bits}.{field}"] = tensor.cpu().contiguous()
         meta[f"loss.{bits}"] = repr(result.loss)
@@ -155,8 +174,7 @@ def _read_losses(path: Path, bits: tuple[int, ...]) -> dict[int, float] | None:
         with safe_open(path, framework="pt") as fh:
             meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-        expected = {"w16"} | {f"w{b}" for b in bits} | {
-            f"{b}.{f}" for b in bits for f in PACKED_FIELDS}
+        expected = {"w16"} | {f"{b}.{f}" for b in bits for f in PACKED_FIELDS}
         if set(tensors) != expected or meta.get("checksum") != _checksum(tensors):
             return None
         return {b: float(meta[f"loss.{b}"]) for b in bits}
@@ -201,17 +219,31 @@ def _chunks(space: LayerSpace, names: list[str], max_bytes: int, element_size: i
     return chunks
 
 
+def hessian_budget(lm: CodeLM) -> int:
+    """Bytes of Hessians one calibration pass may collect: half the model's bytes, at most
+    4 GiB (more passes over the calibration set, instead of more memory)."""
+    return min(4 << 30, sum(p.numel() * p.element_size() for p in lm.module.parameters()) // 2)
+
+
+def candidate_dir(lm: CodeLM, space: LayerSpace, calibration: Calibration,
+                  settings: QuantizerSettings, root: Path | None = None,
+                  hessian_dtype: torch.dtype = torch.float32) -> Path:
+    """Where the candidates of these inputs live (or will)."""
+    root = root or cache_dir() / "candidates"
+    return root / candidate_key(lm.fingerprint(), calibration.fingerprint(), settings, space,
+                                hessian_dtype)
+
+
 def build_candidates(lm: CodeLM, space: LayerSpace, calibration: Calibration, *,
                      settings: QuantizerSettings | None = None, root: Path | None = None,
                      hessian_dtype: torch.dtype = torch.float32,
-                     max_hessian_bytes: int = 4 << 30, show_progress: bool = True
+                     max_hessian_bytes: int | None = None, show_progress: bool = True
                      ) -> Candidates:
-    """Compute (or resume, or just open) the candidates of every layer of `space`."""
+    """Compute (or resume, or just open) the candidates of every layer of `space`; the
+    Hessians held at once stay within `max_hessian_bytes` (default: `hessian_budget`)."""
     settings = settings or QuantizerSettings()
-    root = root or cache_dir() / "candidates"
-    key = candidate_key(lm.fingerprint(), calibration.fingerprint(), settings, space,
-                        hessian_dtype)
-    directory = root / key
+    directory = candidate_dir(lm, space, calibration, settings, root, hessian_dtype)
+    key = directory.name
     directory.mkdir(parents=True, exist_ok=True)
     modules = dict(lm.module.named_modules())
     losses: dict[str, dict[int, float]] = {}
@@ -227,15 +259,17 @@ def build_candidates(lm: CodeLM, space: LayerSpace, calibration: Calibration, *,
             task = bar.add_task("GPTQ candidates", total=len(todo), info="",
                                 visible=show_progress)
             element_size = torch.empty(0, dtype=hessian_dtype).element_size()
-            for chunk in _chunks(space, todo, max_hessian_bytes, element_size):
+            budget = max_hessian_bytes or hessian_budget(lm)
+            for chunk in _chunks(space, todo, budget, element_size):
                 linears = {n: modules[n] for n in chunk if isinstance(modules[n], nn.Linear)}
                 bar.update(task, info=f"calibrating {len(linears)} layers")
-                hessians = capture_hessians(lm.logits, linears, calibration.batches,
+                forward = partial(lm.calibration_forward, head="lm_head" in linears)
+                hessians = capture_hessians(forward, linears, calibration.batches,
                                             dtype=hessian_dtype)
                 for name in chunk:
                     bar.update(task, info=name)
                     results = _quantize_layer(modules[name], hessians.get(name), settings)
-                    _write_layer(directory / f"{name}.safetensors",
+                    write_layer(directory / f"{name}.safetensors",
                                  _layer_weight(modules[name]), results)
                     losses[name] = {b: r.loss for b, r in results.items()}
                     bar.advance(task)

@@ -23,10 +23,11 @@ from bitfront.exports.files import write_export
 from bitfront.models import load_model
 from bitfront.models.load import resolve_model_path
 from bitfront.objectives.fidelity import mixed_plans, plan_model_key
-from bitfront.paths import read_cached, write_atomic
+from bitfront.paths import check_writable, read_cached, write_atomic
 from bitfront.planner.front import Point, SearchResult, plan_of
 from bitfront.planner.metrics import TrialMetrics
 from bitfront.planner.pipeline import build_search
+from bitfront.planner.study import open_storage
 from bitfront.space.plan import BitPlan
 from bitfront.studies.spec import SETUP_KEYS, STAGE_FORMAT, StudySpec, stage_key
 
@@ -209,9 +210,13 @@ def run_study(spec: StudySpec, root: Path = Path("runs"), *, show_progress: bool
 
     console = console or Console(stderr=True, quiet=not show_progress)
     run_dir = root / spec.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Fail before any model's stages: an unwritable run directory, an unreachable storage,
+    # an unknown model.
+    check_writable(run_dir)
+    if spec.storage:
+        open_storage(spec.storage)
     write_atomic(run_dir / "spec.json", spec.to_json() + "\n")
-    for model in spec.models.values():  # an unknown model fails before any model's stages
+    for model in spec.models.values():
         resolve_model_path(model, show_progress=show_progress)
     results = []
     for label, model in spec.models.items():
