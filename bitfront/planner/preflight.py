@@ -111,7 +111,8 @@ def estimate(lm: CodeLM, space: LayerSpace, setup, *, stages: tuple[str, ...],
     if "gptq" in stages:
         work = sum(layer.in_features ** 3 + len(q.bits) * 2 * layer.out_features
                    * layer.in_features ** 2 for layer in layers)
-        seconds["GPTQ"] = work * (1 - cached_bytes / cache) / (rate * EFFICIENCY["gptq"])
+        todo = max(0.0, 1 - cached_bytes / cache)  # files carry headers beyond `cache`
+        seconds["GPTQ"] = work * todo / (rate * EFFICIENCY["gptq"])
         widest = max(layers, key=lambda layer: layer.numel)
         peak = max(peak, min(hessian_bytes, hessian_budget(lm)) + 4 * (
             3 * widest.in_features ** 2 + (2 + len(q.bits)) * widest.numel))
