@@ -123,10 +123,13 @@ def estimate(lm: CodeLM, space: LayerSpace, setup, *, stages: tuple[str, ...],
         # Each probe: two gradients, each a forward, a recomputed forward and a backward.
         work = n_batches * s.probes * 2 * 4 * forward_flops(batch_tokens)
         seconds["sensitivity"] = work / (rate * EFFICIENCY["sensitivity"])
+        upcast = model_bytes if element == 2 else 0  # traces run in float32
         quantizable = sum(layer.numel for layer in layers)
-        fp32 = 2 if element == 2 else 1  # traces run in float32
+        # int8 probes, and gradients: fd holds one layer's at a time, exact all of them.
+        gradients = 4 * (max(layer.numel for layer in layers) if s.method == "fd"
+                         else quantizable)
         activations = 4 * batch_tokens * (hidden * blocks + 6 * hidden + 4 * inter)
-        peak = max(peak, model_bytes * (fp32 - 1) + quantizable * (4 + 1) + activations
+        peak = max(peak, upcast + quantizable + gradients + activations
                    + 3 * HEAD_CHUNK_BYTES)
     if "trials" in stages and trials:
         rows = len(SCORE_MASK_RATIOS) if lm.family == "diffusion" else 1
