@@ -222,10 +222,11 @@ def dequantize(packed: PackedWeight, dtype: torch.dtype = torch.float32, *,
         return out.copy_((codes - zeros[:, g]) * scales[:, g])
     offsets = zeros * scales
     rows = max(1, DEQUANT_CHUNK // in_f)
+    staging = None if out.dtype == torch.float32 else torch.empty(
+        min(rows, out_f), in_f, dtype=torch.float32, device=out.device)
     for r in range(0, out_f, rows):
         chunk = out[r:r + rows]
-        exact = chunk if chunk.dtype == torch.float32 else torch.empty_like(
-            chunk, dtype=torch.float32)
+        exact = chunk if staging is None else staging[:chunk.shape[0]]
         exact.copy_(unpack_last(words[r:r + rows], packed.bits, in_f))
         grouped = exact.view(-1, groups, size)
         grouped.mul_(scales[r:r + rows, :, None]).sub_(offsets[r:r + rows, :, None])
