@@ -13,6 +13,7 @@ from bitfront.data.mbpp import load_mbpp
 from bitfront.evaluators.harness import (
     EvalConfig,
     bench_tasks,
+    eval_batches,
     evaluate,
     pass_at_k,
     program_for,
@@ -109,6 +110,17 @@ def test_eval_runs_end_to_end_and_resumes(micro_pair, tmp_path):
     with pytest.raises(BitfrontError, match="other settings"):
         evaluate(lm, EvalConfig(bench="humaneval", limit=3, max_new_tokens=8), out,
                  show_progress=False)
+
+
+def test_eval_batches_group_prompts_of_similar_length_in_a_fixed_partition():
+    tasks = bench_tasks("humaneval", style="plain", limit=40)
+    config = EvalConfig(bench="humaneval", batch_size=8, samples=2, temperature=0.8)
+    partition = eval_batches(tasks, config)
+    assert [len(b) for b in partition] == [4] * 10  # batch_size // samples tasks per batch
+    assert sorted(t.task_id for b in partition for t in b) == sorted(t.task_id for t in tasks)
+    size = [len(t.prompt.prompt.user) + len(t.prompt.prompt.assistant_prefix)
+            for b in partition for t in b]
+    assert size == sorted(size, reverse=True)
 
 
 def test_proxy_sees_quantization(micro_pair):

@@ -172,3 +172,28 @@ def test_memory_measurement(packed_setup):
     assert abs(result.parameter_bytes - analytic) <= 0.01 * analytic
     assert result.how == "cpu rss delta"  # the peak is reported, not asserted: RSS is noisy
 
+
+
+def test_latency_table_times_each_distinct_kernel_once(packed_setup, tmp_path, monkeypatch):
+    import bitfront.objectives.latency as latency
+
+    lm, space, _ = packed_setup
+    shapes = {(l.out_features, l.in_features) for l in space.layers if not l.embedding}
+    assert len(shapes) < len([l for l in space.layers if not l.embedding])  # shapes repeat
+    quantized, forwards = [], []
+    real = latency.rtn_quantize
+    monkeypatch.setattr(latency, "rtn_quantize",
+                        lambda w, *a, **k: quantized.append(tuple(w.shape)) or real(w, *a, **k))
+    for name in ("_short_run", "generate_fixed"):
+        fn = getattr(latency, name)
+        monkeypatch.setattr(latency, name, lambda *a, n=name, f=fn, **k: forwards.append(n)
+                            or f(*a, **k))
+    workload = Workload(prompt_len=8, answer_len=40)
+    table = measure_latency_table(lm, space, workload, bits=(4, 8, 16), group_size=32,
+                                  repeats=1, calls=2, root=tmp_path, show_progress=False)
+    assert sorted(quantized) == sorted(list(shapes) * 2)  # one packing per (shape, bits)
+    assert table.dtype == str(lm.dtype)  # by default, the dtype the model runs in
+    assert set(table.layers) == {f"{phase}|{o}|{i}|{b}" for phase in ("prefill", "decode")
+                                 for o, i in shapes for b in (4, 8, 16)}
+    # short runs per bitwidth (warm-up + repeats); whole generations only for the rest
+    assert forwards.count("_short_run") == 3 * 2 and forwards.count("generate_fixed") == 2

@@ -178,6 +178,11 @@ def test_stop_strings_cut_the_answer(qwen3):
     stop = full[1:3]
     cut = qwen3.generate(["def f(x):"], max_new_tokens=12, stop=[stop])[0]
     assert cut == full[: full.find(stop)]
+    # Each row of a batch stops on its own; the stop tables are built once per stop set.
+    prompts = ["def f(x):", "import os\nimport sys\n\ndef main(argv):"]
+    batched = qwen3.generate(prompts, max_new_tokens=12, batch_size=2, stop=[stop])
+    assert batched == [qwen3.generate([p], max_new_tokens=12, stop=[stop])[0] for p in prompts]
+    assert qwen3._stop_criteria((stop,)) is qwen3._stop_criteria((stop,))
 
 
 def test_scores_lie_in_range(coda, qwen3):

@@ -175,10 +175,10 @@ def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None
                         mbpp_source=mbpp_source)
     if config.samples > 1 and config.temperature == 0:
         raise BitfrontError("several samples per task need sampling: set a temperature > 0")
-    # Everything that changes the answers is in the key, the sampler of diffusion models too.
+    # Everything that changes the answers is in the key: the sampler of diffusion models too,
+    # and how tasks are grouped into batches (each batch has its own seed).
     extra = {"mbpp": str(mbpp_source or os.environ.get("BITFRONT_MBPP") or "vendored")}
-    sampler = {"diffusion": config.diffusion} if lm.family == "diffusion" else {}
-    key = config.key(model_key or lm.fingerprint(), extra)
+    key = config.key(model_key or lm.fingerprint(), {**extra, "batches": "by-length"})
     journal = out.with_name(out.name + ".partial.jsonl")
     done = _read_journal(journal, key)
     if done is None:  # the header is written whole or not at all
@@ -188,10 +188,7 @@ def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None
     limits = Limits(timeout=config.timeout, cpu_seconds=int(config.timeout) + 1,
                     isolation="none" if config.unsafe_no_sandbox else "bubblewrap")
     require_sandbox(limits.isolation)  # before generating anything
-    per_batch = max(1, config.batch_size // config.samples)
-    # A fixed partition of the task list, each batch with its own seed: a resumed run
-    # generates exactly what an uninterrupted one would.
-    partition = [tasks[i : i + per_batch] for i in range(0, len(tasks), per_batch)]
+    partition = eval_batches(tasks, config)
     with progress_bar() as bar, journal.open("a") as log:
         task_bar = bar.add_task(f"{config.bench} pass@k", total=len(tasks),
                                 completed=len(done), info="", visible=show_progress)
@@ -199,12 +196,7 @@ def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None
             missing = [t for t in batch if t.task_id not in done]
             if not missing:
                 continue
-            prompts = [t.prompt.prompt for t in batch for _ in range(config.samples)]
-            options = GenerationOptions(
-                max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                top_p=config.top_p, stop=batch[0].prompt.stop,
-                seed=config.seed + number, batch_size=config.batch_size)
-            answers = lm.generate(prompts, options, **sampler)
+            answers = generate_answers(lm, batch, number, config)
             programs = [program_for(t, answers[i * config.samples + s])
                         for i, t in enumerate(batch) if t in missing
                         for s in range(config.samples)]
@@ -224,6 +216,28 @@ def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None
     report = summarize(lm.name, config, style, [done[t.task_id] for t in tasks])
     write_atomic(out, json.dumps(report, indent=1) + "\n")
     return report
+
+
+def eval_batches(tasks: list[BenchTask], config: EvalConfig) -> list[list[BenchTask]]:
+    """The tasks generated together, longest prompts (in characters) first so that a batch
+    pads little. A fixed partition, each batch with its own seed: a resumed run generates
+    exactly what an uninterrupted one would."""
+    ordered = sorted(tasks, key=lambda t: -len(t.prompt.prompt.user)
+                     - len(t.prompt.prompt.assistant_prefix))
+    per_batch = max(1, config.batch_size // config.samples)
+    return [ordered[i : i + per_batch] for i in range(0, len(ordered), per_batch)]
+
+
+def generate_answers(lm: CodeLM, batch: list[BenchTask], number: int,
+                     config: EvalConfig) -> list[str]:
+    """The `config.samples` answers of each task of batch `number`, task by task."""
+    prompts = [t.prompt.prompt for t in batch for _ in range(config.samples)]
+    options = GenerationOptions(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+        top_p=config.top_p, stop=batch[0].prompt.stop,
+        seed=config.seed + number, batch_size=config.batch_size)
+    sampler = {"diffusion": config.diffusion} if lm.family == "diffusion" else {}
+    return lm.generate(prompts, options, **sampler)
 
 
 def summarize(model: str, config: EvalConfig, style: str, records: list[dict]) -> dict:

@@ -8,26 +8,32 @@ Latency is defined per generated sample at fixed prompt/answer lengths (the `Wor
   also reported per step.
 
 The table is measured once per device (and dtype, attention backend, model shapes,
-workload) and cached: for every quantizable layer shape × bitwidth, the packed kernel's time at
-the token count each phase runs (AR prefill: batch × prompt; AR decode: batch; diffusion:
-batch × (prompt + answer)), and the rest of the model (attention with the chosen backend,
-norms, embeddings, head, sampler) measured once by running the whole generation with every
-quantizable linear replaced by a free stand-in. Kernel times are taken in place: the model is
-packed uniformly at each bitwidth (round-to-nearest weights; speed does not depend on values)
-and every linear call of a real generation is timed by hooks (CUDA events on a GPU), because
-the same kernel timed alone, with warm caches and idle threads, runs measurably faster than it
-does between the model's other operations. A plan's latency is rest + Σ over layers of
-calls × table entry: a sum, so every search trial gets it for free.
+workload) and cached: for every distinct quantizable layer shape × bitwidth × phase, the packed
+kernel's time per call at the token count that phase runs (AR prefill: batch × prompt; AR
+decode: batch; diffusion: batch × (prompt + answer)), and the rest of the model (attention with
+the chosen backend, norms, embeddings, head, sampler) measured once by running the whole
+generation with every quantizable linear replaced by a free stand-in. Kernels are timed in place,
+because the same kernel timed alone, with warm caches and idle threads, runs measurably faster
+than between the model's other operations; but cheaply: per bitwidth one weight per distinct
+shape is packed (round-to-nearest; speed does not depend on values) and copied into every layer
+of that shape, and a few short real forwards per phase (one prefill and `calls` decode steps, or
+`calls` diffusion steps) are timed by hooks on every linear (CUDA events on a GPU; Python's
+garbage collector off), instead of whole generations. The table is measured in the dtype the
+model runs in unless the workload names another. A plan's latency is rest + Σ over layers of
+calls × table entry: a sum, so every search trial gets it for free; `validation.validate_costs`
+checks it end to end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import hashlib
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,7 +41,7 @@ from torch import nn
 
 from bitfront.config import Config, setting
 from bitfront.kernels.qlinear import QuantLinear
-from bitfront.kernels.quant import rtn_quantize
+from bitfront.kernels.quant import PackedWeight, rtn_quantize
 from bitfront.models.base import CodeLM
 from bitfront.models.diffusion_sampling import DiffusionOptions, diffusion_sample
 from bitfront.paths import cache_dir, read_cached, write_atomic
@@ -43,29 +49,30 @@ from bitfront.progress import track
 from bitfront.space.layers import LayerSpace
 from bitfront.space.plan import BitPlan
 
-SCHEMA = 1
+SCHEMA = 2
 DTYPES = ("bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
 class Workload(Config):
     """One generated sample: prompt and answer lengths, batch, diffusion steps, and the dtype
-    the kernels are timed in."""
+    the kernels are timed in (by default the one the model runs in)."""
 
     prompt_len: int = setting(128, "latency workload: prompt tokens")
     answer_len: int = setting(128, "latency workload: answer tokens")
     batch: int = setting(1, "latency workload: samples per batch", flag="latency-batch")
     steps: int | None = setting(None, "latency workload: diffusion steps (default: one per "
                                       "answer token)")
-    dtype: str = setting("bfloat16", "dtype the latency table is measured in",
-                         flag="latency-dtype", choices=DTYPES)
+    dtype: str | None = setting(None, "dtype the latency table is measured in (default: the "
+                                      "model's, as loaded on its device)",
+                                flag="latency-dtype", choices=DTYPES)
 
     def __post_init__(self):
         self.require(self.prompt_len >= 1, "prompt_len", "at least 1")
         self.require(self.answer_len >= 2, "answer_len", "at least 2")
         self.require(self.batch >= 1, "batch", "at least 1")
         self.require(self.steps is None or self.steps >= 1, "steps", "at least 1")
-        self.require(self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
+        self.require(self.dtype is None or self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
 
     def phases(self, family: str) -> dict[str, int]:
         """phase -> how many times it runs per sample. Each call of a linear layer sees
@@ -117,28 +124,35 @@ def _replace(module: nn.Module, names, make) -> None:
         setattr(modules[parent] if parent else module, child, make(name, modules[name]))
 
 
-@torch.no_grad()
-def generate_fixed(module: nn.Module, family: str, workload: Workload, *, vocab: int,
-                   mask_id: int | None = None, seed: int = 0, on_phase=None) -> None:
-    """One timed unit of work: a whole fixed-length generation (the latency definition).
-    `on_phase(name)` is called as each phase (prefill, decode, step) begins."""
-    device = next(module.parameters()).device
+def _random_prompt(module: nn.Module, workload: Workload, vocab: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (workload.batch, workload.prompt_len), generator=gen)
-    ids = ids.to(device)
-    on_phase = on_phase or (lambda phase: None)
+    return ids.to(next(module.parameters()).device)
+
+
+def _run_ar(module: nn.Module, ids: torch.Tensor, decode_steps: int,
+            clock: _LinearClock | None = None) -> None:
+    """Prefill `ids`, then `decode_steps` greedy steps with the KV cache (phases on `clock`)."""
+    if clock is not None:
+        clock.phase = "prefill"
+    out = module(input_ids=ids, use_cache=True)
+    if clock is not None:
+        clock.phase = "decode"
+    for _ in range(decode_steps):
+        token = out.logits[:, -1:].argmax(-1)
+        out = module(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+
+
+@torch.no_grad()
+def generate_fixed(module: nn.Module, family: str, workload: Workload, *, vocab: int,
+                   mask_id: int | None = None, seed: int = 0) -> None:
+    """One timed unit of work: a whole fixed-length generation (the latency definition)."""
+    ids = _random_prompt(module, workload, vocab, seed)
     if family == "ar":
-        on_phase("prefill")
-        out = module(input_ids=ids, use_cache=True)
-        on_phase("decode")
-        for _ in range(workload.answer_len - 1):
-            token = out.logits[:, -1:].argmax(-1)
-            out = module(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
-        return
-    on_phase("step")
+        return _run_ar(module, ids, workload.answer_len - 1)
     diffusion_sample(module, ids, max_new_tokens=workload.answer_len, mask_id=mask_id,
                      opts=DiffusionOptions(steps=workload.steps, alg="entropy"),
-                     generator=torch.Generator(device=device).manual_seed(seed))
+                     generator=torch.Generator(device=ids.device).manual_seed(seed))
 
 
 @dataclass
@@ -184,6 +198,8 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: dict) -> LatencyTable:
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"latency table schema {data.get('schema')}, not {SCHEMA}")
         data = {k: v for k, v in data.items() if k != "schema"}
         return cls(**{**data, "workload": Workload(**data["workload"])})
 
@@ -199,7 +215,7 @@ def _table_key(lm: CodeLM, space: LayerSpace, workload: Workload, bits, dtype, d
                        "attn": getattr(lm.module.config, "_attn_implementation", None),
                        "layers": [[l.out_features, l.in_features] for l in space.layers],
                        "workload": asdict(workload), "bits": list(bits),
-                       "group_size": group_size}, sort_keys=True, default=str)
+                       "group_size": group_size, "schema": SCHEMA}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -245,67 +261,108 @@ class _LinearClock:
             handle.remove()
 
 
+@contextlib.contextmanager
+def _no_gc():
+    """Python's garbage collector off, as `timeit` does while it times."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _linears(space: LayerSpace) -> list[str]:
     """The layers with a per-layer latency (embeddings are part of the rest)."""
     return [layer.name for layer in space.layers if not layer.embedding]
 
 
-def _uniform_packed(lm: CodeLM, space: LayerSpace, bits: int, group_size: int,
-                    dtype: torch.dtype) -> nn.Module:
-    """`lm.module` in `dtype` with every layer of `space` packed at `bits` (RTN weights)."""
-    module = copy.deepcopy(lm.module).to(dtype)
-    if bits != 16:
-        def pack(name, linear):
-            _, packed = rtn_quantize(linear.weight.detach().float(), bits, group_size)
-            return QuantLinear(packed, linear.bias, dtype=dtype, device=lm.device)
-        _replace(module, _linears(space), pack)
-    return module.eval()
+def _packed_layers(lm: CodeLM, space: LayerSpace, bits: int, group_size: int,
+                   dtype: torch.dtype) -> dict[str, nn.Module]:
+    """Every linear of `space` packed at `bits`, quantizing once per distinct shape (each layer
+    gets its own copy of the packed tensors, so no layer runs on another's warm weights)."""
+    modules = dict(lm.module.named_modules())
+    packed: dict[tuple[int, int], PackedWeight] = {}
+    layers = {}
+    for layer in space.layers:
+        if layer.embedding:
+            continue
+        linear = modules[layer.name]
+        shape = (layer.out_features, layer.in_features)
+        if shape not in packed:
+            packed[shape] = rtn_quantize(linear.weight.detach().float(), bits, group_size)[1]
+        weight = replace(packed[shape], **{k: t.clone() for k, t in
+                                           packed[shape].tensors().items()})
+        bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+        layers[layer.name] = QuantLinear(weight, bias, dtype=dtype, device=lm.device)
+    return layers
+
+
+@torch.no_grad()
+def _short_run(module: nn.Module, family: str, workload: Workload, calls: int, *, vocab: int,
+               mask_id: int | None, clock: _LinearClock) -> None:
+    """A few real forwards per phase: one prefill and `calls` decode steps (AR), or `calls`
+    diffusion steps over prompt + masked answer."""
+    ids = _random_prompt(module, workload, vocab, seed=0)
+    if family == "ar":
+        return _run_ar(module, ids, calls, clock)
+    clock.phase = "step"
+    x = torch.nn.functional.pad(ids, (0, workload.answer_len), value=mask_id)
+    for _ in range(calls):
+        module(x, x == mask_id)
 
 
 def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
-                          bits=(2, 3, 4, 8, 16), group_size: int = 128, repeats: int = 5,
-                          root: Path | None = None, show_progress: bool = True
-                          ) -> LatencyTable:
-    """Measure (or load from the cache) the latency table of `lm` on its device."""
-    device, dtype = lm.device, getattr(torch, workload.dtype)
+                          bits=(2, 3, 4, 8, 16), group_size: int = 128, repeats: int = 3,
+                          calls: int = 1, root: Path | None = None,
+                          show_progress: bool = True) -> LatencyTable:
+    """Measure (or load from the cache) the latency table of `lm` on its device: each kernel
+    over `calls` calls per short run, the median of `repeats` runs."""
+    device = lm.device
+    dtype = getattr(torch, workload.dtype) if workload.dtype else lm.dtype
     key = _table_key(lm, space, workload, bits, dtype, device, group_size)
     path = (root or cache_dir() / "latency") / f"{key}.json"
     if (cached := read_cached(path, LatencyTable.from_dict)) is not None:
         return cached
-    phases = workload.phases(lm.family)
+    per_run = {"prefill": 1, "decode": calls} if lm.family == "ar" else {"step": calls}
     vocab, mask_id = len(lm.tokenizer), _mask_id(lm)
+    module = copy.deepcopy(lm.module).to(dtype).eval()
+    linears = _linears(space)
+    modules = dict(module.named_modules())
+    dense = {name: modules[name] for name in linears}
     layers: dict[str, float] = {}
     for b in track(list(bits), "latency table", show=show_progress):
-        module = _uniform_packed(lm, space, b, group_size, dtype)
-        targets = dict(module.named_modules())
-        clock = _LinearClock({n: targets[n] for n in _linears(space)}, device)
+        current = dense if b == 16 else _packed_layers(lm, space, b, group_size, dtype)
+        _replace(module, linears, lambda name, _, c=current: c[name])
+        clock = _LinearClock(current, device)
         runs = []
         for i in range(repeats + 1):
-            generate_fixed(module, lm.family, workload, vocab=vocab, mask_id=mask_id,
-                           on_phase=lambda phase, c=clock: setattr(c, "phase", phase))
+            with _no_gc():  # a collection inside one timed call would skew that layer
+                _short_run(module, lm.family, workload, calls, vocab=vocab, mask_id=mask_id,
+                           clock=clock)
             timed = clock.collect()
             if i:  # the first run warms up
                 runs.append(timed)
         clock.remove()
-        for phase, calls in phases.items():
+        for phase, n in per_run.items():
             per_shape: dict[tuple[int, int], list[float]] = {}
             for layer in (layer for layer in space.layers if not layer.embedding):
-                per_call = statistics.median(r[f"{phase}|{layer.name}"] for r in runs) / calls
+                per_call = statistics.median(r[f"{phase}|{layer.name}"] for r in runs) / n
                 per_shape.setdefault((layer.out_features, layer.in_features), []).append(
                     per_call)
             for (out_f, in_f), times in per_shape.items():
                 layers[f"{phase}|{out_f}|{in_f}|{b}"] = statistics.mean(times)
-        del module, targets, clock
-    rest_module = copy.deepcopy(lm.module).to(dtype)
-    _replace(rest_module, _linears(space),
-             lambda name, mod: FreeLinear(mod.weight.shape[0]))
-    rest = time_call(lambda: generate_fixed(rest_module, lm.family, workload,
+        del clock
+    _replace(module, linears, lambda name, mod: FreeLinear(dense[name].weight.shape[0]))
+    rest = time_call(lambda: generate_fixed(module, lm.family, workload,
                                             vocab=vocab, mask_id=mask_id),
-                     device, repeats=max(3, repeats // 2), warmup=1)
+                     device, repeats=repeats, warmup=1)
     table = LatencyTable(key=key, device=str(device), dtype=str(dtype), family=lm.family,
                          workload=workload, layers=layers, rest=rest,
                          meta={"torch": torch.__version__, "threads": torch.get_num_threads(),
-                               "attn": getattr(lm.module.config, "_attn_implementation", None)})
+                               "attn": getattr(lm.module.config, "_attn_implementation", None),
+                               "calls": calls, "repeats": repeats})
     write_atomic(path, json.dumps(table.to_dict(), indent=1) + "\n")
     return table
 

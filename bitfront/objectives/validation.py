@@ -18,16 +18,19 @@ from bitfront.space.plan import BitPlan
 
 
 def validate_costs(lm: CodeLM, candidates: Candidates, table: LatencyTable,
-                   plans: list[BitPlan], *, dtype: torch.dtype = torch.bfloat16,
-                   repeats: int = 3, show_progress: bool = True) -> dict:
+                   plans: list[BitPlan], *, repeats: int = 3, show_progress: bool = True
+                   ) -> dict:
     """Predicted vs measured latency and analytic vs measured memory, per plan; with the
-    median relative latency error."""
+    median relative latency error. Latency runs in the table's dtype; memory is measured in
+    16 bits, the storage the memory model counts for unquantized tensors."""
+    latency_dtype = getattr(torch, table.dtype.removeprefix("torch."))
     rows = []
     for plan in track(plans, "validating costs", show=show_progress):
         predicted = table.predict(candidates.space, plan)
-        memory = measure_memory(lambda p=plan: packed_module(lm, p, candidates, dtype=dtype),
+        memory = measure_memory(lambda p=plan: packed_module(lm, p, candidates,
+                                                             dtype=torch.bfloat16),
                                 table.workload, vocab=len(lm.tokenizer), device=lm.device)
-        module = packed_module(lm, plan, candidates, dtype=dtype)
+        module = packed_module(lm, plan, candidates, dtype=latency_dtype)
         measured = measure_plan_latency(lm, module, table.workload, repeats=repeats)
         analytic = plan_memory(candidates.space, plan)
         rows.append({
