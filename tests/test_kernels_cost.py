@@ -173,7 +173,6 @@ def test_memory_measurement(packed_setup):
     assert result.how == "cpu rss delta"  # the peak is reported, not asserted: RSS is noisy
 
 
-
 def test_latency_table_times_each_distinct_kernel_once(packed_setup, tmp_path, monkeypatch):
     import bitfront.objectives.latency as latency
 

@@ -31,8 +31,8 @@ def rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (signs * 2 - 1).to(like.device)
 
 
-def _dots(vs, grads) -> list[float]:
-    return [float((v * g).sum(dtype=torch.float64)) for v, g in zip(vs, grads, strict=True)]
+def _dot(v: torch.Tensor, g: torch.Tensor) -> float:
+    return float((v * g).sum(dtype=torch.float64))
 
 
 def _gradient_dots(loss: torch.Tensor, params, vs) -> list[float]:
@@ -42,7 +42,7 @@ def _gradient_dots(loss: torch.Tensor, params, vs) -> list[float]:
 
     def take(i):
         def hook(p):
-            dots[i] = float((vs[i] * p.grad).sum(dtype=torch.float64))
+            dots[i] = _dot(vs[i], p.grad)
             p.grad = None
         return hook
 
@@ -109,7 +109,7 @@ def _exact_vhv(loss_fn, batch, params, vs) -> list[float]:
     with sdpa_kernel(SDPBackend.MATH):
         grads = torch.autograd.grad(loss_fn(batch), params, create_graph=True)
         dot = sum((g * v).sum() for g, v in zip(grads, vs, strict=True))
-        return _dots(vs, torch.autograd.grad(dot, params))
+        return [_dot(v, h) for v, h in zip(vs, torch.autograd.grad(dot, params), strict=True)]
 
 
 def _fd_vhv(loss_fn, batch, params, vs, eps, restore) -> list[float]:

@@ -56,7 +56,7 @@ def build_search(lm: CodeLM, config: SearchConfig, setup: Setup, *, mbpp_source=
     sensitivity = None
     if config.ilp_budgets > 0 and config.cheap_sensitivity:
         sensitivity = gptq_loss_sensitivity(lm.name, candidates)
-    elif config.ilp_budgets > 0:
+    elif ranked:
         sensitivity = cached_sensitivity(lm, candidates, calibration, setup.sensitivity,
                                          show_progress=show_progress)
     table = None

@@ -14,7 +14,6 @@ before any of this: `open_storage`, `paths.check_writable`, `SeedProblem.check`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -166,20 +165,23 @@ def check_study(storage, name: str, settings: dict, model: str) -> None:
     trial count aside) or another model's weights."""
     import optuna
 
-    from bitfront.planner.study import CONFIG_ATTR, SETTINGS_ATTR, StudyMismatchError
+    from bitfront.planner.study import (
+        CONFIG_ATTR,
+        SETTINGS_ATTR,
+        StudyMismatchError,
+        differing_keys,
+    )
 
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return
     theirs = study.user_attrs.get(SETTINGS_ATTR)
-    if theirs is not None:
-        mine = json.loads(json.dumps(settings))  # as the storage holds it (tuples as lists)
-        differ = _differences(_without_trials(theirs), _without_trials(mine))
-        if differ:
-            raise StudyMismatchError(f"study {name!r} was made with other settings (differs "
-                                     f"in: {', '.join(differ)}); use another study name or "
-                                     "the same settings")
+    if theirs is not None and (
+            differ := differing_keys(_without_trials(theirs), _without_trials(settings))):
+        raise StudyMismatchError(f"study {name!r} was made with other settings (differs "
+                                 f"in: {', '.join(differ)}); use another study name or the "
+                                 "same settings")
     made_for = study.user_attrs.get(CONFIG_ATTR, {}).get("model")
     if made_for is not None and made_for != model:
         raise StudyMismatchError(f"study {name!r} was made with another model's weights; use "
@@ -189,14 +191,6 @@ def check_study(storage, name: str, settings: dict, model: str) -> None:
 def _without_trials(settings: dict) -> dict:
     return {**settings, "search": {k: v for k, v in settings.get("search", {}).items()
                                    if k != "trials"}}
-
-
-def _differences(a, b, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    if not (isinstance(a, dict) and isinstance(b, dict)):
-        return [] if a == b else [prefix.rstrip(".") or "settings"]
-    return [d for k in sorted(set(a) | set(b))
-            for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
 
 
 def prepare(lm: CodeLM, space: LayerSpace, calibration: Calibration, setup, *,

@@ -121,6 +121,16 @@ Storage = str | optuna.storages.BaseStorage
 SCHEMA_RACE_RETRIES = 4  # tries again when workers race to create Optuna's tables
 
 
+def differing_keys(theirs, mine, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between a study's recorded JSON (`theirs`) and
+    `mine` (compared as the storage would hold it: tuples as lists)."""
+    mine = json.loads(json.dumps(mine))
+    if not (isinstance(theirs, dict) and isinstance(mine, dict)):
+        return [] if theirs == mine else [prefix.rstrip(".") or "settings"]
+    return [d for k in sorted(set(theirs) | set(mine))
+            for d in differing_keys(theirs.get(k), mine.get(k), f"{prefix}{k}.")]
+
+
 def open_storage(url: Storage) -> optuna.storages.BaseStorage:
     """An Optuna storage: a storage object as it is, "memory" (in-memory), RDB URLs
     (sqlite:///..., postgresql://...) with heartbeats, or a journal file for any other path."""
@@ -439,9 +449,7 @@ class PlanSearch:
                 self.table = shared
             mine = self.study_config()
             theirs = study.user_attrs.get(CONFIG_ATTR)
-            if theirs is not None and theirs != json.loads(json.dumps(mine)):
-                differ = sorted(k for k in set(mine) | set(theirs)
-                                if json.loads(json.dumps(mine.get(k))) != theirs.get(k))
+            if theirs is not None and (differ := differing_keys(theirs, mine)):
                 raise StudyMismatchError(
                     f"study {study_name!r} in {storage_url} was made with another "
                     f"configuration (differs in: {', '.join(differ)}); use another "

@@ -263,7 +263,8 @@ def build_candidates(lm: CodeLM, space: LayerSpace, calibration: Calibration, *,
             for chunk in _chunks(space, todo, budget, element_size):
                 linears = {n: modules[n] for n in chunk if isinstance(modules[n], nn.Linear)}
                 bar.update(task, info=f"calibrating {len(linears)} layers")
-                forward = partial(lm.calibration_forward, head="lm_head" in linears)
+                forward = partial(lm.calibration_forward,
+                                  head=any(m is lm.head for m in linears.values()))
                 hessians = capture_hessians(forward, linears, calibration.batches,
                                             dtype=hessian_dtype)
                 for name in chunk:
