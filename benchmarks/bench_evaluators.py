@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from bitfront.evaluators.harness import bench_tasks
-from bitfront.evaluators.sandbox import Program, run_programs
+from bitfront.evaluators.harness import bench_tasks, task_program
+from bitfront.evaluators.sandbox import run_programs
 from bitfront.models import load_model
 from bitfront.models.base import batches, pad_batch
 from bitfront.models.diffusion import SCORE_MASK_RATIOS
@@ -24,7 +24,7 @@ from bitfront.objectives.proxy import AccuracyProxy, ProxyConfig
 
 def sandbox_throughput(workers: int) -> dict:
     tasks = bench_tasks("mbpp", style="plain")
-    programs = [Program(t.reference, t.tests, t.entry_point) for t in tasks]
+    programs = [task_program(t, t.reference) for t in tasks]
     start = time.perf_counter()
     outcomes = run_programs(programs, workers=workers)
     seconds = time.perf_counter() - start

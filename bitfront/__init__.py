@@ -17,7 +17,8 @@ _EXPORTS = {
     "ProxyConfig": "objectives.proxy", "Workload": "objectives.latency",
     "EvalConfig": "evaluators.harness", "DiffusionOptions": "models.diffusion_sampling",
     "StudySpec": "studies.spec", "SearchResult": "planner.front", "Point": "planner.front",
-    "TrialMetrics": "planner.metrics", "BitPlan": "space.plan", "BitfrontError": "errors",
+    "TrialMetrics": "planner.metrics", "RefineConfig": "planner.refine",
+    "Answer": "planner.refine", "BitPlan": "space.plan", "BitfrontError": "errors",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -3,8 +3,8 @@
     import bitfront
     lm = bitfront.load_model("pocket-ar-micro")
     result = bitfront.search(lm, bitfront.SearchConfig(trials=12), storage="memory")
-    point = bitfront.best_under(result, memory="2MiB")
-    bitfront.export(result.plan(point), "json", "plan.json")
+    answer = bitfront.best_under(result, memory="2MiB", lm=lm)  # searched at 2 MiB
+    bitfront.export(result.plan(answer.point), "json", "plan.json")
 
 Every function takes the same config dataclasses that study specs and the command line
 build; nothing here has logic of its own.
@@ -12,11 +12,13 @@ build; nothing here has logic of its own.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import optuna
 import torch
 
+from bitfront.errors import BitfrontError
 from bitfront.evaluators.harness import EvalConfig
 from bitfront.evaluators.harness import evaluate as _evaluate
 from bitfront.exports.files import CHECKPOINTS, write_export
@@ -26,9 +28,17 @@ from bitfront.objectives.sensitivity import Sensitivity, cached_sensitivity
 from bitfront.paths import check_writable, run_dir
 from bitfront.planner.front import NoPlanError, Point, SearchResult, accuracy_metric
 from bitfront.planner.front import best_under as _best_under
-from bitfront.planner.pipeline import Setup, build_search, search_settings
+from bitfront.planner.pipeline import Setup, build_search, search_for_study, search_settings
 from bitfront.planner.preflight import check_study, prepare
-from bitfront.planner.study import SearchConfig, default_storage, open_storage, write_pointer
+from bitfront.planner.refine import Answer, RefineConfig, answer, cannot_refine, refined
+from bitfront.planner.refine import refine as _refine
+from bitfront.planner.study import (
+    SearchConfig,
+    default_storage,
+    open_storage,
+    storage_lock,
+    write_pointer,
+)
 from bitfront.quant.apply import candidates_for_plan, packed_module
 from bitfront.quant.calibration import calibration_set
 from bitfront.quant.candidates import Candidates
@@ -77,12 +87,15 @@ def sensitivity(lm: CodeLM, setup: Setup = Setup(), *, mbpp: str | None = None,
 def search(lm: CodeLM, config: SearchConfig = SearchConfig(), setup: Setup = Setup(), *,
            storage: str | optuna.storages.BaseStorage | None = None,
            study_name: str | None = None, worker: int = 0, mbpp: str | None = None,
-           record: str | Path | None = None, show_progress: bool = True) -> SearchResult:
+           record: str | Path | None = None, refine: RefineConfig = RefineConfig(),
+           show_progress: bool = True) -> SearchResult:
     """The Pareto front of bit plans. `storage`: an Optuna storage object, a URL
     (sqlite:///…, postgresql://…), a journal file, "memory", or None for
     runs/search/NAME/study.db. A study in a URL storage is recorded in the directory `record`
     (by default runs/search/NAME when `storage` is None) as the search starts, so that
-    `bitfront best` finds it while it runs and after it was killed."""
+    `bitfront best` finds it while it runs and after it was killed. Under a memory or
+    latency budget the search ends with a refinement at the budget (`refine`), so the best
+    plan under it is searched for, not only looked up."""
     name = study_name or run_dir("search", lm.name).name
     url = storage if storage is not None else default_storage(name)
     if record is None and storage is None:
@@ -96,16 +109,36 @@ def search(lm: CodeLM, config: SearchConfig = SearchConfig(), setup: Setup = Set
     if record is not None and isinstance(url, str):
         write_pointer(Path(record), url, name, lm.name)
     study = planner.run(url, name, config.trials, worker=worker, show_progress=show_progress)
-    return SearchResult.of(study)
+    budgets = {"memory": config.memory_budget, "latency": config.latency_budget}
+    if any(budgets.values()) and refined(study, **budgets) is None \
+            and not cannot_refine(study, url, refine):
+        _refine(planner, study, **budgets, config=refine, lock=partial(storage_lock, url),
+                show_progress=show_progress)
+    return SearchResult.of(study, storage=url)
 
 
 def best_under(result: SearchResult, *, memory: int | str | None = None,
-               latency: float | str | None = None) -> Point:
-    """The most accurate feasible plan within the budgets (`NoPlanError` if none fits)."""
+               latency: float | str | None = None, refine: RefineConfig = RefineConfig(),
+               lm: CodeLM | None = None, device: str | None = None, mbpp: str | None = None,
+               show_progress: bool = True) -> Answer:
+    """The most accurate plan within the budgets, searched at them: the ILP at the budget
+    refined by a local search that keeps within it (`refine` bounds the work; trials are
+    recorded in the study, so asking again is instant). The study's model is `lm`, else
+    loaded by name. A result without its storage, or `refine.evaluations == 0`, is a lookup
+    (`answer.how` says which). `NoPlanError` if nothing fits."""
     memory = parse_bytes(memory) if isinstance(memory, str) else memory
     latency = parse_seconds(latency) if isinstance(latency, str) else latency
-    return _best_under(result.points, memory=memory, latency=latency,
-                       accuracy=accuracy_metric(result.config))
+    if memory is None and latency is None:
+        raise BitfrontError("give a memory and/or a latency budget")
+    if result.storage is None:
+        return Answer(_best_under(result.points, memory=memory, latency=latency,
+                                  accuracy=accuracy_metric(result.config)), "lookup",
+                      "a lookup among the result's trials: it carries no study storage")
+    study = optuna.load_study(study_name=result.study, storage=open_storage(result.storage))
+    return answer(study, result.storage, memory=memory, latency=latency, config=refine,
+                  open_search=partial(search_for_study, study, lm=lm, device=device,
+                                      mbpp_source=mbpp, show_progress=show_progress),
+                  show_progress=show_progress)
 
 
 def quantize(lm: CodeLM, plan: BitPlan, candidates: Candidates | None = None, *,

@@ -195,15 +195,18 @@ def cmd_fidelity(args) -> int:
     result = measure_fidelity(lm, candidates, plans, proxy, config, directory,
                               mbpp_source=_mbpp(args))
     _table(f"proxy fidelity of {lm.name} on {args.bench}",
-           ("plan", "avg bits", "proxy retention", "likelihood retention", "pass@1"),
+           ("plan", "avg bits", "top-1 retention", "likelihood retention", "KL retention",
+            "pass@1"),
            [[r["plan"], f"{r['avg_bits']:.2f}", f"{r['proxy_retention']:.3f}",
-             f"{r['logprob_retention']:.3f}", f"{r['pass@1']:.1%}"] for r in result.rows],
+             f"{r['logprob_retention']:.3f}", f"{r['kl_retention']:.3f}",
+             f"{r['pass@1']:.1%}"] for r in result.rows],
            left=("plan",))
-    if result.kendall_tau is None:
-        out.print(f"Kendall τ / Spearman ρ {result.note}")
-    else:
-        out.print(f"Kendall τ {result.kendall_tau}, Spearman ρ {result.spearman_rho} (95% "
-                  f"bootstrap intervals over {len(result.rows)} plans)")
+    _table(f"rank correlation with pass@1 (95% bootstrap intervals over {len(result.rows)} "
+           "plans)", ("proxy", "Kendall τ", "Spearman ρ", "note"),
+           [[name, str(c.kendall_tau or "-"), str(c.spearman_rho or "-"), c.note]
+            for name, c in result.proxies.items()], left=("proxy", "note"))
+    if best := result.best():
+        out.print(f"ranks plans best: {best} (the highest Kendall τ)")
     path = directory / "fidelity.json"
     path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
     out.print(f"wrote {path}", soft_wrap=True)
@@ -239,42 +242,53 @@ def _print_front(summary: dict) -> None:
 def cmd_search(args) -> int:
     from bitfront.flags import config_from_flags
     from bitfront.paths import default_storage, run_dir
+    from bitfront.planner.refine import RefineConfig
     from bitfront.planner.study import SearchConfig
 
     config, setup = config_from_flags(SearchConfig, args), _setup(args)
+    refine = config_from_flags(RefineConfig, args, prefix="refine-")
     lm = _load(args)
     name = args.study_name or run_dir("search", args.model).name
     storage = args.storage or default_storage(name)
     result = bitfront.search(lm, config, setup,
                              storage=storage, study_name=name, worker=args.worker,
-                             mbpp=_mbpp(args), record=run_dir("search", name),
+                             mbpp=_mbpp(args), record=run_dir("search", name), refine=refine,
                              show_progress=not args.json)
     summary = result.summary()
+    if config.memory_budget is not None or config.latency_budget is not None:
+        best = bitfront.best_under(result, memory=config.memory_budget,
+                                   latency=config.latency_budget, refine=refine, lm=lm,
+                                   show_progress=not args.json)
+        summary["best_under_budget"] = {"trial": best.point.number, **best.to_dict()}
     path = run_dir("search", name) / "front.json"
     path.write_text(json.dumps(summary, indent=1) + "\n")
     if args.json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         _print_front(summary)
+        if best_note := summary.get("best_under_budget"):
+            out.print(f"best under the budget: trial {best_note['trial']} ({best_note['how']}: "
+                      f"{best_note['note']})")
         out.print(f"study {name!r} in {storage}; front written to {path}", soft_wrap=True)
     return EXIT_OK
 
 
-def _chosen(args, result, memory: str | None, latency: str | None):
-    """The point the flags choose: `--trial N`, or the best under the budgets."""
-    if getattr(args, "trial", None) is not None:
-        for point in result.points:
-            if point.number == args.trial:
-                return point
-        raise BitfrontError(f"trial {args.trial} is not a completed trial of the study")
-    return bitfront.best_under(result, memory=memory, latency=latency)
+def _answer(args, result, memory: str | None, latency: str | None):
+    """The best plan under the budgets, searched at them (planner/refine.py)."""
+    from bitfront.flags import config_from_flags
+    from bitfront.planner.refine import RefineConfig
+
+    refine = config_from_flags(RefineConfig, args, prefix="refine-")
+    return bitfront.best_under(result, memory=memory, latency=latency, refine=refine,
+                               device=args.device, mbpp=_mbpp(args),
+                               show_progress=not args.json)
 
 
 def _result(args):
     from bitfront.planner.front import SearchResult
     from bitfront.planner.study import locate_study
 
-    return SearchResult.of(locate_study(args.study, args.storage))
+    return SearchResult.of(*locate_study(args.study, args.storage))
 
 
 def cmd_best(args) -> int:
@@ -282,22 +296,26 @@ def cmd_best(args) -> int:
 
     result = _result(args)
     try:
-        point = _chosen(args, result, args.memory, args.latency)
+        answer = _answer(args, result, args.memory, args.latency)
     except bitfront.NoPlanError as exc:
         if args.json:
             sys.stdout.write(json.dumps({"found": False, "message": str(exc)}) + "\n")
         else:
             out.print(str(exc))
         return EXIT_NO_PLAN
+    point = answer.point
     plan, m = result.plan(point), point.metrics
     if args.json:
         sys.stdout.write(json.dumps({"found": True, "trial": point.number,
-                                     "origin": point.origin, "metrics": m.to_dict(),
-                                     "plan": plan.to_dict()}) + "\n")
+                                     "origin": point.origin, "answer": answer.to_dict(),
+                                     "metrics": m.to_dict(), "plan": plan.to_dict()}) + "\n")
         return EXIT_OK
-    out.print(f"trial {point.number} ({point.origin}): retention {m.retention:.4f}, "
+    interval = (f" [{m.retention_low:.3f}, {m.retention_high:.3f}]"
+                if m.retention_low is not None else "")
+    out.print(f"trial {point.number} ({point.origin}): retention {m.retention:.4f}{interval}, "
               f"memory {format_bytes(m.memory_bytes)} ({m.avg_bits:.2f} bits/weight)"
               + (f", latency {m.latency_s:.4g} s/sample" if m.latency_s is not None else ""))
+    out.print(f"{answer.how}: {answer.note}")
     counts: dict[int, int] = {}
     for bits in plan.bits().values():
         counts[bits] = counts.get(bits, 0) + 1
@@ -314,11 +332,18 @@ def cmd_export(args) -> int:
     result = _result(args)
     if args.trial is None and args.best_under is None:
         raise BitfrontError("choose the plan: --trial N or --best-under SIZE")
-    try:
-        point = _chosen(args, result, args.best_under, None)
-    except bitfront.NoPlanError as exc:
-        err.print(str(exc))
-        return EXIT_NO_PLAN
+    if args.trial is not None:
+        point = next((p for p in result.points if p.number == args.trial), None)
+        if point is None:
+            raise BitfrontError(f"trial {args.trial} is not a completed trial of the study")
+    else:
+        try:
+            answer = _answer(args, result, args.best_under, None)
+        except bitfront.NoPlanError as exc:
+            err.print(str(exc))
+            return EXIT_NO_PLAN
+        point = answer.point
+        err.print(f"trial {point.number} ({point.origin}), {answer.how}: {answer.note}")
     checkpoint = args.format in CHECKPOINTS
     if checkpoint and not args.out:
         raise BitfrontError(f"--format {args.format} writes a model directory: give --out DIR")

@@ -43,6 +43,14 @@ def setup_flags() -> dict:
             "latency": (Workload, "", "latency table")}
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors (a flag's value that cannot be read, "12XB" as a size) in one line, exit
+    code 2; `--help` lists the flags."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class _Unused(argparse.ArgumentParser):
     """Collects the flags of a verb that is not being parsed (no settings imported)."""
 
@@ -76,17 +84,34 @@ def _evaluation(p: argparse.ArgumentParser, **bench) -> None:
 
 
 def _study(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", help="a search run directory (runs/search/NAME) or a study name "
-                                 "(with --storage)")
+    p.add_argument("study", help="a search run directory (runs/search/NAME, runs/STUDY/MODEL) "
+                                 "or a study name (with --storage)")
     p.add_argument("--storage", help="the study's Optuna storage URL or journal file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _refine(p: argparse.ArgumentParser) -> None:
+    """Flags of the refinement that answers a budget question."""
+    if isinstance(p, _Unused):
+        return
+    from bitfront.planner.refine import RefineConfig
+
+    add_config_flags(p, RefineConfig, prefix="refine-",
+                     title="refinement at the budget (searched there, recorded in the study)")
+
+
+def _refining(p: argparse.ArgumentParser) -> None:
+    """What a verb that answers a budget question needs to search at the budget."""
+    p.add_argument("--device", help="device the study's model runs on while refining")
+    p.add_argument("--mbpp", help=MBPP_HELP)
+    _refine(p)
 
 
 def build(cli, argv: list[str]) -> argparse.ArgumentParser:
     """The parser; each verb's `run` is the matching `cmd_*` function of module `cli`. Only
     the verb named in `argv` gets its settings flags (they import torch)."""
     named = next((a for a in argv if not a.startswith("-")), None)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bitfront", description="Pareto-optimal per-layer bit plans for diffusion and "
                                      "autoregressive code LLMs.")
     parser.add_argument("--version", action="version", version=f"bitfront {bitfront.__version__}")
@@ -162,11 +187,13 @@ def build(cli, argv: list[str]) -> argparse.ArgumentParser:
 
         add_config_flags(p, SearchConfig, title="search")
     _setup(p, "sensitivity", "proxy", "latency")
+    _refine(p)
 
     p = verb("best", "the best plan under my budget", cli.cmd_best)
     _study(p)
     p.add_argument("--memory", help="e.g. 1.2GiB")
     p.add_argument("--latency", help="e.g. 0.5s")
+    _refining(p)
 
     p = verb("export", "files for deployment", cli.cmd_export)
     _study(p)
@@ -181,8 +208,8 @@ def build(cli, argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="also write a quantized checkpoint (GPTQ layout) to "
                                         "this directory")
     p.add_argument("--model", help="model to quantize for --checkpoint (default: the study's)")
-    p.add_argument("--device")
     p.add_argument("--dtype")
+    _refining(p)
 
     p = verb("dashboard", "optuna-dashboard on a study's storage", cli.cmd_dashboard)
     _study(p)

@@ -36,7 +36,12 @@ def _inner(hint):
 def _text_parser(hint, field: dataclasses.Field):
     parse = field.metadata.get("parse")
     if parse is not None:
-        return parse
+        def parsed(text: str):  # argparse reports only its own errors as usage errors
+            try:
+                return parse(text)
+            except BitfrontError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+        return parsed
     if typing.get_origin(hint) is tuple:
         item = typing.get_args(hint)[0]
 

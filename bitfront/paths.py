@@ -1,9 +1,12 @@
 """Where bitfront keeps what it computes once: the user cache directory."""
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,12 +35,77 @@ def check_writable(directory: Path) -> None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a unique temporary file and a rename: readers never
-    see a partial file, and concurrent writers (workers on one machine) never collide."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    see a partial file, and concurrent writers (workers on one machine) never collide. A
+    write that fails (a full disk) leaves nothing behind and is a one-line error."""
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """Turn a failure to write `path` (a full disk, a missing permission: an OSError, or
+    safetensors' report of one) into a one-line BitfrontError."""
+    from bitfront.errors import BitfrontError
+
+    try:
+        yield
+    except OSError as exc:
+        raise BitfrontError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # safetensors reports I/O errors as its own SafetensorError
+        code = re.search(r"os error (\d+)|Os \{ code: (\d+)", str(exc))
+        if type(exc).__name__ != "SafetensorError" or code is None:
+            raise
+        number = int(code.group(1) or code.group(2))
+        raise BitfrontError(f"cannot write {path}: {os.strerror(number)}") from None
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """A directory to fill that appears at `path` only once it is complete: it is written as
+    a temporary sibling and renamed into place (an earlier export at `path` is replaced; an
+    empty directory too; anything else there is refused before any work). A failure, a full
+    disk or a kill leaves nothing at `path` that a loader accepts (a killed run leaves only
+    the hidden `.NAME.partial-*` sibling) and is a one-line error."""
+    from bitfront.errors import BitfrontError
+
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir())
+                                                 or (path / EXPORT_MARK).exists())):
+        raise BitfrontError(f"{path} exists and is not an earlier export: remove it or "
+                            "choose another output")
+    with disk_errors(path):
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    try:
+        with disk_errors(path):
+            yield tmp
+            old = None
+            if path.exists():
+                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+                os.rename(path, old / "export")
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if old is not None:  # put the earlier export back
+                    os.rename(old / "export", path)
+                raise
+            finally:
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+EXPORT_MARK = "bitplan.json"  # what every checkpoint export holds
 
 
 RUNS = Path("runs")

@@ -13,7 +13,7 @@ import sys
 import optuna
 import pytest
 
-SMALL_SEARCH = ["--population", "8", "--ilp-budgets", "3", "--group-size", "32",
+SMALL_SEARCH = ["--population", "8", "--ilp-budgets", "1", "--group-size", "32",
                 "--calib-samples", "16", "--calib-seq-len", "64", "--proxy-tasks", "16",
                 "--prompt-len", "16", "--answer-len", "8"]
 
@@ -244,7 +244,7 @@ def planner(micro_pair):
                   proxy=ProxyConfig(tasks=16), latency=Workload(prompt_len=16, answer_len=8),
                   sensitivity=SensitivityConfig(probes=1, batches=1))
     lm = load_local(micro_pair["pocket-ar-micro"], device="cpu")
-    return build_search(lm, SearchConfig(population=8, ilp_budgets=3), setup,
+    return build_search(lm, SearchConfig(population=8, ilp_budgets=1), setup,
                         show_progress=False)
 
 

@@ -31,6 +31,15 @@ def test_bad_model_names_give_one_line_errors(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0]
 
 
+def test_unreadable_sizes_and_durations_give_one_line_usage_errors():
+    for flag, value, expect in [("--memory-budget", "12XB", "as a size"),
+                                ("--latency-budget", "5parsecs", "as a duration")]:
+        res = bitfront_cmd("search", "pocket-ar-micro", flag, value)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stderr
+        assert f"argument {flag}: cannot read {value!r} {expect}" in lines[0]
+
+
 def test_pocket_train_micro_then_generate_from_both(tmp_path):
     env = {"BITFRONT_CACHE": str(tmp_path)}
     res = bitfront_cmd("pocket", "train", "--size", "micro", env=env)
@@ -80,7 +89,7 @@ def test_eval_humaneval_end_to_end(tmp_path, micro_pair):
     assert report["tasks"] == 5 and len(report["results"]) == 5
 
 
-SMALL_SEARCH = ["--population", "8", "--ilp-budgets", "3", "--group-size", "32",
+SMALL_SEARCH = ["--population", "8", "--ilp-budgets", "1", "--group-size", "32",
                 "--calib-samples", "16", "--calib-seq-len", "64", "--proxy-tasks", "16",
                 "--prompt-len", "16", "--answer-len", "8"]
 

@@ -258,3 +258,73 @@ def test_llama_cpp_tensor_types_name_smollm2_gguf_tensors():
     names = [f"model.layers.{b}.{k}" for b in range(n_blocks) for k in kinds]
     plan = BitPlan.from_bits("smollm2", {n: BITS[i % len(BITS)] for i, n in enumerate(names)})
     check_tensor_types(plan, arch, [t.name for t in reader.tensors])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 KiB filesystem (a tmpfs: mounting it needs root, as CI runs)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    path = tmp_path / "small"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(path)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(ar_lm, small_disk,
+                                                                   tmp_path):
+    """A real ENOSPC: the checkpoint and the plan file each fail in one line, and nothing is
+    left where they were going (no empty directory, no 0-byte plan.json, no temporary)."""
+    from bitfront.exports.files import write_export
+
+    cands = candidates(ar_lm, tmp_path / "cands", sym=True)
+    plan = mixed_plan(ar_lm, cands)
+    with pytest.raises(BitfrontError, match="No space left on device") as info:
+        write_compressed_tensors(ar_lm, plan, cands, small_disk / "ct")
+    assert "\n" not in str(info.value) and list(small_disk.iterdir()) == []
+    with (small_disk / "filler").open("wb", buffering=0) as fh, pytest.raises(OSError):
+        while True:
+            fh.write(b"x" * 4096)
+    with pytest.raises(BitfrontError, match="No space left on device") as info:
+        write_export(plan, "json", small_disk / "plan.json")
+    assert "\n" not in str(info.value)
+    assert [p.name for p in small_disk.iterdir()] == ["filler"]
+
+
+def test_a_killed_export_leaves_nothing_a_loader_accepts(ar_dir, ar_lm, tmp_path):
+    """SIGKILL in the last step of a compressed-tensors export (config.json written, its
+    quantization_config not yet): the output directory does not exist; an earlier export
+    there stays whole."""
+    import subprocess
+    import sys
+
+    cands = candidates(ar_lm, tmp_path / "cands", sym=False)  # cached for the child
+    out = tmp_path / "ct"
+    script = (
+        "import os, signal, sys\nfrom pathlib import Path\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from compressed_tensors.compressors import ModelCompressor\n"
+        "from test_export import candidates, mixed_plan, sixteen_bit\n"
+        "from bitfront.exports.compressed_tensors import write_compressed_tensors\n"
+        "lm = sixteen_bit(Path(sys.argv[1]))\n"
+        "cands = candidates(lm, Path(sys.argv[2]), sym=False)\n"
+        "if sys.argv[4] == 'kill':\n"
+        "    ModelCompressor.update_config = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "write_compressed_tensors(lm, mixed_plan(lm, cands), cands, Path(sys.argv[3]))\n")
+    run = [sys.executable, "-c", script, str(ar_dir), str(tmp_path / "cands"), str(out)]
+    killed = subprocess.run([*run, "kill"], capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    assert not out.exists()
+    subprocess.run([*run, "whole"], check=True, capture_output=True)
+    before = json.loads((out / "config.json").read_text())
+    assert "quantization_config" in before
+    killed = subprocess.run([*run, "kill"], capture_output=True)
+    assert killed.returncode == -9
+    assert json.loads((out / "config.json").read_text()) == before
+    assert cands.space.names()  # the candidates the child read were these

@@ -110,6 +110,13 @@ def leftovers() -> set[Path]:
             *(p for d in ("/tmp", "/run/lock", "/var/lock") for p in Path(d).glob(f"{LEAK}*"))}
 
 
+_LIBC = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+
+
+def device_modes() -> dict[str, int]:
+    return {d: os.stat(d).st_mode for d in sandbox._DEVICES}
+
+
 def hostile_programs(victim: Path, secret: Path, sockets: dict) -> dict[str, tuple]:
     """name: (program, the outcomes it may have, text its detail must contain)."""
     target = victim / "keep.txt"
@@ -175,7 +182,41 @@ def hostile_programs(victim: Path, secret: Path, sockets: dict) -> dict[str, tup
                           "Too many open files"),
         "1 GB to stderr": ("import sys\nchunk = 'e' * (1 << 20)\nfor _ in range(1024):\n"
                            "    sys.stderr.write(chunk)\nsys.stderr.flush()", {"crashed"},
-                           "File too large"),
+                           "Broken pipe"),
+    } | {  # the round of issue 22
+        "chmod the device nodes": ("import os\nfor d in ('/dev/null', '/dev/zero', "
+                                   "'/dev/urandom'):\n    os.chmod(d, os.stat(d).st_mode & "
+                                   "0o7777)", {"failed"}, "PermissionError"),
+        "ACL on a device node": ("import os\nos.setxattr('/dev/null', "
+                                 "'system.posix_acl_access', b'\\x02\\0\\0\\0')",
+                                 {"failed"}, "PermissionError"),
+        "touch a device node": ("import os\nos.utime('/dev/null')", {"failed"},
+                                "PermissionError"),
+        "the devices still work": ("open('/dev/null', 'w').write('x')\n"
+                                   "assert len(open('/dev/zero', 'rb').read(4)) == 4\n"
+                                   "assert len(open('/dev/urandom', 'rb').read(4)) == 4",
+                                   {"passed"}, ""),
+        "ptrace PID 1": (_LIBC + "if libc.ptrace(16, 1, 0, 0) < 0:  # PTRACE_ATTACH\n"
+                         "    raise OSError(ctypes.get_errno(), 'ptrace')", {"failed"},
+                         "PermissionError"),
+        "process_vm_readv PID 1": (
+            _LIBC + "buf = ctypes.create_string_buffer(8)\n"
+            "class IOVec(ctypes.Structure):\n"
+            "    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]\n"
+            "local, remote = IOVec(ctypes.addressof(buf), 8), IOVec(0x400000, 8)\n"
+            "if libc.process_vm_readv(1, ctypes.byref(local), 1, ctypes.byref(remote), 1, "
+            "0) < 0:\n    raise OSError(ctypes.get_errno(), 'process_vm_readv')", {"failed"},
+            "PermissionError"),
+        "pidfd_getfd PID 1": (_LIBC + "import os\npidfd = os.pidfd_open(1)\n"
+                              "if libc.syscall(438, pidfd, 0, 0) < 0:\n"
+                              "    raise OSError(ctypes.get_errno(), 'pidfd_getfd')",
+                              {"failed"}, "PermissionError"),
+        "flock a host file": ("import fcntl, os\nfcntl.flock(open(os.__file__), "
+                              "fcntl.LOCK_EX)", {"failed"}, "No locks available"),
+        "lockf a host file": ("import fcntl, os\nfcntl.lockf(open(os.__file__), "
+                              "fcntl.LOCK_SH)", {"failed"}, "No locks available"),
+        "fallocate stderr": ("import os\nos.posix_fallocate(2, 0, 64 << 20)", {"failed"},
+                             "Illegal seek"),
         "huge status": (scan.format("b'x' * (64 << 20)"), {"crashed"}, "malformed"),
         "status without status": ("m = b'{\"detail\": \"forged\"}'\n"
                                   + scan.format("struct.pack('!I', len(m)) + m")
@@ -188,7 +229,7 @@ def hostile_programs(victim: Path, secret: Path, sockets: dict) -> dict[str, tup
 def test_hostile_programs_are_contained_and_classified(victim, secret, listeners):
     sockets, accepted = listeners
     secret_path, marker = secret
-    before, ipc, left = snapshot(victim), sysv_ipc(), leftovers()
+    before, ipc, left, modes = snapshot(victim), sysv_ipc(), leftovers(), device_modes()
     programs = hostile_programs(victim, secret_path, sockets)
     processes_before = sandbox_processes()
     start = time.monotonic()
@@ -204,7 +245,7 @@ def test_hostile_programs_are_contained_and_classified(victim, secret, listeners
         assert outcome.isolation == "bubblewrap"
     assert elapsed < len(programs) * (LIMITS.timeout + 2) / 2 + 5
     assert snapshot(victim) == before and accepted == []
-    assert sysv_ipc() == ipc and leftovers() == left
+    assert sysv_ipc() == ipc and leftovers() == left and device_modes() == modes
     assert sandbox_processes() - processes_before == set()
 
 
@@ -219,7 +260,8 @@ def test_inside_the_sandbox():
              "assert set(top) <= {'bitfront', 'dev', 'lib', 'lib64', 'proc', 'root', 'tmp', "
              "'usr'}",
              "assert not etc")
-    outcome = run_program(Program(code, tests), LIMITS)
+    outcome = run_program(Program(code, tests, crosses=("pids", "status", "host", "top",
+                                                        "etc")), LIMITS)
     assert outcome.passed, outcome
 
 
@@ -301,11 +343,11 @@ def test_evaluate_survives_hostile_answers_and_resumes(tmp_path):
 def test_outcomes_name_the_failing_test_and_keep_stderr():
     code = "import sys\ndef add(a, b):\n    print('debug', file=sys.stderr)\n    return a - b"
     tests = ("assert add(2, 2) in (0, 4)", "assert add(2, 3) == 5", "assert add(0, 0) == 0")
-    outcome = run_program(Program(code, tests), LIMITS)
+    outcome = run_program(Program(code, tests, "add"), LIMITS)
     assert outcome.status == "failed"
     assert outcome.test == "assert add(2, 3) == 5"
     assert "debug" in outcome.stderr_tail
-    assert run_program(Program("def add(a, b):\n    return a + b", tests), LIMITS).passed
+    assert run_program(Program("def add(a, b):\n    return a + b", tests, "add"), LIMITS).passed
 
 
 def test_values_cross_by_value():
@@ -333,13 +375,15 @@ def test_values_cross_by_value():
         "try:\n    fail('k')\nexcept KeyError:\n    pass",
         "assert LIMIT == 3",
     )
-    assert run_program(Program(code, ("import math", *tests)), LIMITS).passed
+    names = ("same", "make", "Node", "length", "mutate", "fail", "opaque", "stop", "LIMIT")
+    assert run_program(Program(code, ("import math", *tests), crosses=names), LIMITS).passed
     refused = {"assert opaque() == opaque()": "not plain data",
                "assert opaque()": "not plain data",
                "assert same(lambda: 1) == 1": "cannot be passed",
                "assert {opaque(): 1}": "unhashable",
                "assert all(map(stop, [1]))": "StopIteration"}  # not a quiet end of map()
-    outcomes = run_programs([Program(code, (t,)) for t in refused], limits=LIMITS)
+    outcomes = run_programs([Program(code, (t,), crosses=names) for t in refused],
+                            limits=LIMITS)
     for (test, text), outcome in zip(refused.items(), outcomes, strict=True):
         assert outcome.status == "failed" and text in outcome.detail, (test, outcome)
 
@@ -353,9 +397,11 @@ def test_the_wire_refuses_malformed_values():
 
 
 def test_a_entry_point_may_shadow_a_builtin_but_nothing_else_does():
+    """Where the task's own code defines it (MBPP's `sum`)."""
     code = "def sum(a, b):\n    return a * b\n\ndef sorted(x):\n    return 0\n"
     tests = ("assert sum(2, 3) == 6", "assert sorted([2, 1]) == [1, 2]")
-    assert run_program(Program(code, tests, entry_point="sum"), LIMITS).passed
+    task = "def sum(a, b):\n    return a * b\n"
+    assert run_program(Program(code, tests, entry_point="sum", context=task), LIMITS).passed
 
 
 def test_missing_bubblewrap_refuses_in_one_line(monkeypatch):
@@ -388,3 +434,40 @@ def test_unsafe_opt_out_still_judges_and_cleans_up(tmp_path):
         report = evaluate(lm, config, tmp_path / "unsafe.json", show_progress=False)
     assert report["pass@1"] == 0.0
     assert {r["samples"][0]["isolation"] for r in report["results"]} == {"none"}
+
+
+def test_nothing_of_the_evaluators_environment_is_inside(monkeypatch):
+    """A canary in the evaluator's environment is in no process's environment inside (bwrap's
+    PID 1 included), and reaches neither the verdict nor stderr; inside there is only the
+    sandbox's own minimal environment."""
+    canary = f"bitfront-canary-{os.urandom(8).hex()}"
+    monkeypatch.setenv("BITFRONT_CANARY", canary)
+    code = ("import os, sys\nenvs = []\nfor pid in os.listdir('/proc'):\n"
+            "    if pid.isdigit() or pid == 'self':\n        try:\n"
+            "            envs.append(open(f'/proc/{pid}/environ', 'rb').read().decode('latin-1'))\n"
+            "        except OSError as exc:\n            envs.append(repr(exc))\n"
+            "print(envs, os.environ, file=sys.stderr)\n")
+    tests = (f"assert not [e for e in envs if {canary!r} in e], [e for e in envs if "
+             f"{canary!r} in e]",
+             "assert len(envs) == 3 and all(set(e.split('\\0')) - {''} <= {'LANG=C.UTF-8', "
+             "'HOME=/tmp', 'PYTHONHASHSEED=0', 'PWD=/tmp'} for e in envs), envs")
+    outcome = run_program(Program(code, tests, crosses=("envs",)), LIMITS)
+    assert canary not in outcome.detail + outcome.stderr_tail
+    assert outcome.passed, outcome
+
+
+def test_limits_bind_the_sandboxs_pid_1_and_replies_are_capped_before_parsing():
+    """bwrap (so the sandbox's PID 1) runs under the program's address-space, CPU, file-size
+    and descriptor limits; a reply over wire.MAX_REPLY is refused unread."""
+    code = ("def limits():\n    return open('/proc/1/limits').read()\n\n"
+            "def big():\n    return 'x' * (2 << 20)\n")
+    memory = LIMITS.memory_bytes
+    tests = (f"text = limits()\nassert [line.split()[-3:-1] for line in text.splitlines() "
+             f"if line.startswith(('Max address space', 'Max open files'))] == "
+             f"[['{LIMITS.open_files}', '{LIMITS.open_files}'], ['{memory}', '{memory}']], "
+             "text",)
+    outcomes = run_programs([Program(code, tests, crosses=("limits",)),
+                             Program(code, ("assert len(big()) == 2 << 20",), "big")],
+                            limits=LIMITS)
+    assert outcomes[0].passed, outcomes[0]
+    assert outcomes[1].status == "crashed" and "byte limit" in outcomes[1].detail, outcomes[1]

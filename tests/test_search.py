@@ -23,6 +23,7 @@ from bitfront.objectives.sensitivity import SensitivityConfig
 from bitfront.planner.front import (
     NoPlanError,
     Point,
+    SearchResult,
     best_under,
     hypervolume,
     knee,
@@ -32,9 +33,23 @@ from bitfront.planner.front import (
     study_config,
 )
 from bitfront.planner.metrics import TrialMetrics
+from bitfront.planner.moves import Moves
 from bitfront.planner.pipeline import Setup, build_search
-from bitfront.planner.seeds import BudgetError, SeedProblem, hawq_seeds
-from bitfront.planner.study import SearchConfig, StudyMismatchError
+from bitfront.planner.refine import (
+    RefineConfig,
+    answer,
+    best_recorded,
+    budget_label,
+    refine,
+)
+from bitfront.planner.seeds import (
+    BudgetError,
+    SeedProblem,
+    hawq_seeds,
+    seed_budgets,
+    uniform_memory,
+)
+from bitfront.planner.study import SearchConfig, StudyMismatchError, open_storage
 from bitfront.quant.calibration import CalibrationConfig
 from bitfront.quant.candidates import QuantizerSettings
 from bitfront.units import format_bytes, parse_bytes, parse_seconds
@@ -65,9 +80,27 @@ def test_ilp_is_optimal_against_brute_force():
         assert sum(nbytes[i, k[i]] for i in range(4)) + 5 <= budget
     with pytest.raises(BudgetError, match=f"smallest possible is {format_bytes(low)}"):
         problem.solve(low - 1)
-    seeds = hawq_seeds(problem, k=4, uniform=(2, 4, 8))
+    seeds = hawq_seeds(problem, per_gap=3, uniform=(2, 4, 8), budgets=(high - 1,))
     assert [s.origin for s in seeds[:3]] == ["uniform-2", "uniform-4", "uniform-8"]
     assert len({tuple(s.bits.values()) for s in seeds}) == len(seeds)
+    # Budgets: three strictly inside each gap between adjacent uniform plans, plus the user's.
+    levels = [uniform_memory(problem, b) for b in choices]
+    budgets = seed_budgets(problem, per_gap=3, budgets=(high - 1,))
+    for low_u, high_u in zip(levels, levels[1:], strict=False):
+        assert sum(low_u < b < high_u for b in budgets) >= 3
+    assert high - 1 in budgets
+    assert max(seed_budgets(problem, per_gap=3, memory_budget=levels[1])) == levels[1]
+
+
+def test_seeds_lie_between_each_adjacent_pair_of_uniform_plans(search):
+    """The real micro model: ILP seeds fill every gap between adjacent uniform plans."""
+    problem = search.seed_problem()
+    seeds = hawq_seeds(problem, per_gap=3)
+    memory = {s.origin: Moves(problem).memory(Moves(problem).index(s.bits)) for s in seeds}
+    levels = sorted(uniform_memory(problem, b) for b in problem.choices)
+    for low_u, high_u in zip(levels, levels[1:], strict=False):
+        inside = [o for o, m in memory.items() if low_u < m < high_u]
+        assert len(inside) >= 2, (low_u, high_u, memory)
 
 
 def test_budget_parsing():
@@ -106,7 +139,7 @@ def test_front_hypervolume_knee_and_budgets():
 @pytest.fixture(scope="module")
 def search(micro_pair):
     lm = load_local(micro_pair["pocket-ar-micro"], device="cpu")
-    return build_search(lm, SearchConfig(population=8, ilp_budgets=3), SETUP,
+    return build_search(lm, SearchConfig(population=8, ilp_budgets=1, sampler="nsga2"), SETUP,
                         show_progress=False)
 
 
@@ -139,14 +172,14 @@ def test_study_resumes_refuses_and_respects_budgets(search, tmp_path):
             assert any(np.all(np.array(f.values) * signs <= np.array(p.values) * signs)
                        for f in front), p.origin
     # A worker with another configuration refuses to join.
-    other = build_search(search.lm, SearchConfig(population=8, ilp_budgets=3,
+    other = build_search(search.lm, SearchConfig(population=8, ilp_budgets=1,
                                                  grouping="block"), SETUP,
                          show_progress=False)
     with pytest.raises(StudyMismatchError, match="grouping"):
         other.run(storage, "s", 18, show_progress=False)
     # A memory budget: infeasible trials are recorded but never on the front.
     budget = int(np.median([p.metrics.memory_bytes for p in pts]))
-    capped = build_search(search.lm, SearchConfig(population=8, ilp_budgets=3,
+    capped = build_search(search.lm, SearchConfig(population=8, ilp_budgets=1,
                                                   memory_budget=budget), SETUP,
                           show_progress=False)
     study = capped.run(storage, "capped", 12, show_progress=False)
@@ -227,7 +260,7 @@ def test_two_workers_share_a_postgresql_study(micro_pair, tmp_path):
     name = f"pg-{uuid.uuid4().hex[:8]}"
     command = [sys.executable, "-m", "bitfront.cli", "search", "pocket-ar-micro",
                "--storage", POSTGRES, "--study-name", name, "--trials", "20",
-               "--population", "8", "--ilp-budgets", "3", "--group-size", "32",
+               "--population", "8", "--ilp-budgets", "1", "--group-size", "32",
                "--calib-samples", "16", "--calib-seq-len", "64", "--proxy-tasks", "16",
                "--prompt-len", "16", "--answer-len", "8", "--json"]
     workers = [subprocess.Popen([*command, "--worker", str(w)], cwd=tmp_path,
@@ -246,6 +279,9 @@ def test_two_workers_share_a_postgresql_study(micro_pair, tmp_path):
     assert all(origins.count(s) == 1 for s in seeds)
     workers_seen = {t.user_attrs["worker"]["pid"] for t in trials}
     assert len(workers_seen) == 2
+    # The default sampler (budget-preserving moves) never proposes a plan twice.
+    plans = [tuple(t.params[g] for g in sorted(t.params)) for t in trials]
+    assert len(set(plans)) == len(plans)
     # The front over both workers' trials is exactly the non-dominated set (brute force).
     config = study_config(study)
     pts = points(study)
@@ -259,3 +295,59 @@ def test_two_workers_share_a_postgresql_study(micro_pair, tmp_path):
     for stdout, _ in outputs:
         assert json.loads(stdout.strip().splitlines()[-1])["study"] == name
     optuna.delete_study(study_name=name, storage=POSTGRES)
+
+
+def test_move_sampler_two_workers_on_one_journal_storage(micro_pair, tmp_path):
+    """Two `bitfront search` processes share a journal-file study with the default sampler:
+    every trial completes, seeds run once, and no plan is proposed twice."""
+    storage = str(tmp_path / "study.log")
+    command = [sys.executable, "-m", "bitfront.cli", "search", "pocket-ar-micro",
+               "--storage", storage, "--study-name", "j", "--trials", "16",
+               "--ilp-budgets", "1", "--group-size", "32", "--calib-samples", "16",
+               "--calib-seq-len", "64", "--proxy-tasks", "16", "--prompt-len", "16",
+               "--answer-len", "8", "--json"]
+    workers = [subprocess.Popen([*command, "--worker", str(w)], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for w in range(2)]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=900)
+        assert worker.returncode == 0, stderr[-2000:]
+    study = optuna.load_study(study_name="j", storage=open_storage(storage))
+    trials = study.get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials) and 16 <= len(trials) <= 17
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2
+    plans = [tuple(t.params[g] for g in sorted(t.params)) for t in trials]
+    assert len(set(plans)) == len(plans)
+    assert sum(t.user_attrs["origin"] == "moves" for t in trials) >= 6
+
+
+def test_refinement_keeps_within_the_budget_and_is_recorded(search, tmp_path, monkeypatch):
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+    study = search.run(storage, "r", 10, show_progress=False)
+    problem = search.seed_problem()
+    u2, u3, u4 = (uniform_memory(problem, b) for b in (2, 3, 4))
+    config = RefineConfig(evaluations=10, screen=4, offspring=4, survivors=2)
+    for budget in (int(u2 + (u3 - u2) / 2), int(u3 + (u4 - u3) / 4)):
+        result = refine(search, study, memory=budget, config=config, show_progress=False)
+        assert result.evaluations <= config.evaluations and result.steps >= 1
+        mine = [t for t in study.get_trials()
+                if t.user_attrs["origin"].endswith(budget_label(budget, None))]
+        assert mine and all(t.user_attrs["memory_bytes"] <= budget for t in mine)
+        best = best_recorded(SearchResult.of(study), budget, None)
+        assert best.number == result.trial and best.metrics.memory_bytes <= budget
+        # Never worse than the ILP at the budget or the uniform plan that fits.
+        starts = [t for t in study.get_trials() if t.user_attrs["origin"] in
+                  (f"ilp-at-{budget_label(budget, None)}", "uniform-2", "uniform-3")
+                  and t.user_attrs["memory_bytes"] <= budget]
+        assert starts and all(best.metrics.retention >= t.user_attrs["retention"]
+                              for t in starts)
+    # Asked again: answered from the study, without loading anything.
+    again = answer(study, storage, memory=budget, config=config,
+                   open_search=lambda: pytest.fail("a recorded answer needs no search"))
+    assert again.how == "recorded" and again.point.number == result.trial
+    # A new budget whose candidates are not cached is a lookup, and says so.
+    monkeypatch.setenv("BITFRONT_CACHE", str(tmp_path / "empty-cache"))
+    lookup = answer(study, storage, memory=u4, config=config,
+                    open_search=lambda: pytest.fail("no candidates: no search"))
+    assert lookup.how == "lookup" and "not in the cache" in lookup.note
+    assert lookup.point.metrics.memory_bytes <= u4

@@ -46,6 +46,19 @@ def test_study_report_holds_every_part(micro_run):
         assert [set(row["pass@1"]) for row in mixed] == [{"pocket"}] * 2  # the fidelity bench
         for row in model["uniform"]:
             assert row["retention_low"] <= row["retention"] <= row["retention_high"]
+        # Mixed vs uniform at equal memory: the answer refined at each budget, never above it
+        # and never worse (proxy) than the uniform plan that fits, with pass@1 on the table's
+        # tasks of the first benchmark.
+        assert [a["budget"] for a in model["answers"]] == report["budgets"]
+        for answer in model["answers"]:
+            rows = [answer["mixed"], *([answer["uniform"]] if "uniform" in answer else [])]
+            assert all(r["memory_bytes"] <= answer["budget"] for r in rows)
+            assert answer["mixed"]["retention"] >= rows[-1]["retention"]
+            assert answer["refinement"]["evaluations"] <= spec.refine.evaluations
+            for row in rows:
+                assert set(row["pass@1"]) == {"pocket"}
+                low, high = row["pass@1_interval"]["pocket"]
+                assert low <= row["pass@1"]["pocket"] <= high
     assert report["findings"] and report["findings"][0].startswith("At ≤ ")
     assert "diffusion model" in report["findings"][0] and "autoregressive" in report["findings"][0]
     comparison = report["comparison"]
@@ -58,6 +71,7 @@ def test_study_report_holds_every_part(micro_run):
         assert image.shape[0] > 200 and image.std() > 0.01, name  # a real, non-blank figure
     text = (run_dir / "report.md").read_text()
     for section in ("## Finding", "## Uniform bitwidths", "## Fronts", "## Verified front",
+                    "## Mixed vs uniform at equal memory",
                     "## Proxy fidelity", "## Frontier comparison", "HAWQ sensitivity",
                     "Bit allocation", "## Exports"):
         assert section in text
@@ -68,7 +82,7 @@ def test_finished_study_is_not_recomputed(micro_run):
     spec = load_spec(MICRO)
     assert finished(spec, root)
     stamps = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/*.json")}
-    assert len(stamps) == len(spec.models) * len(STAGES)
+    assert len(stamps) == len(spec.models) * (len(STAGES) + 1)  # and study.json
     run_study(spec, root, show_progress=False)
     assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/*.json")} == stamps
 
@@ -77,6 +91,8 @@ def test_edited_spec_recomputes_only_what_depends_on_the_edit(micro_run, tmp_pat
     from dataclasses import replace
 
     import optuna
+
+    from bitfront.planner.study import searched
 
     _, run_dir = micro_run
     root = tmp_path / "runs"
@@ -95,8 +111,8 @@ def test_edited_spec_recomputes_only_what_depends_on_the_edit(micro_run, tmp_pat
             assert changed == (stage not in ("model", "sensitivity")), path
         search = json.loads((copy / label / "search.json").read_text())["result"]
         study = optuna.load_study(study_name=search["study"], storage=search["storage"])
-        done = [t for t in study.trials if t.state.name == "COMPLETE"]
-        assert len(done) == edited.search.trials  # the same study, continued
+        assert searched(study) == edited.search.trials  # the same study, continued
+        assert any("refinement" in t.user_attrs for t in study.trials)  # answers joined it
 
 
 def test_compare_two_runs(micro_run):
@@ -161,7 +177,7 @@ def test_bad_specs_name_the_key(tmp_path):
     assert res.stderr.strip() == (f"error: {bad}: unknown key search.trails (known: "
                                   "accuracy, cheap_sensitivity, choices, grouping, ilp_budgets, "
                                   "latency_budget, memory_budget, objectives, population, "
-                                  "sampler, seed, trials)")
+                                  "sampler, seed, seed_budgets, trials)")
     for name in ("pocket", "coda-vs-qwen3"):
         assert load_spec(name).name == name  # the bundled specs are valid
 
@@ -174,3 +190,21 @@ def test_a_retention_inside_the_noise_is_no_measurable_loss():
     assert retention_text({"retention": 0.95, "retention_low": 0.93, "retention_high": 0.97}) \
         == "95.0% (95% CI 93.0%–97.0%)"
     assert retention_text({"retention": 0.9}) == "90.0%"  # no interval recorded
+
+
+def test_best_on_a_study_run_is_its_recorded_answer(micro_run, capsys):
+    """`bitfront best runs/STUDY/LABEL --memory B` at a report budget: the answer the runner
+    refined there, found without work; an unknown study name lists what the storage holds."""
+    from bitfront.cli import main
+
+    _, run_dir = micro_run
+    report = json.loads((run_dir / "report.json").read_text())
+    budget = report["budgets"][0]
+    assert main(["best", str(run_dir / "ar"), "--memory", str(budget), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    answer = report["models"]["ar"]["answers"][0]
+    assert out["found"] and out["answer"]["how"] == "recorded"
+    assert out["trial"] == answer["mixed"]["trial"]
+    storage = f"sqlite:///{(run_dir / 'ar' / 'search.db').resolve()}"
+    assert main(["best", "no-such-study", "--storage", storage, "--memory", "1MiB"]) == 1
+    assert "it holds micro-ar-" in capsys.readouterr().err

@@ -8,9 +8,11 @@ outcome of every sample of every task and pass@k for k ≤ n (unbiased estimator
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from bitfront.evaluators.prompts import (
     FEWSHOT_TASK_IDS,
     STYLES,
     CodePrompt,
+    _parse,
     default_style,
     humaneval_prompt,
     mbpp_prompt,
@@ -57,7 +60,8 @@ class BenchTask:
     prompt: CodePrompt
     tests: tuple[str, ...]
     entry_point: str | None
-    reference: str  # the reference solution, as a complete program body
+    reference: str  # the reference solution, as a complete program body (the task's own
+    # code: the judge takes the tests' helpers and imports from it, never from an answer)
 
 
 def bench_tasks(bench: str, *, style: str, split: str = "test", limit: int | None = None,
@@ -83,17 +87,28 @@ def _mbpp_format(bench: str, tasks: list[MBPPTask], style: str,
     """Bench tasks of MBPP-format tasks (MBPP itself and the pocket benchmark)."""
     return [BenchTask(task_id=f"{bench}/{t.task_id}", prompt=mbpp_prompt(t, style, shots),
                       tests=(*t.test_imports, t.test_setup_code, *t.test_list),
-                      entry_point=_entry_point(t.test_list), reference=t.solution)
+                      entry_point=_entry_point(t.test_list, t.solution), reference=t.solution)
             for t in tasks]
 
 
-def _entry_point(tests) -> str | None:
-    """The function an MBPP task's asserts call first."""
-    import re
+def _top_level(code: str, kinds=(ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+               ) -> list[str]:
+    """The names of the top-level definitions of `code` (of `kinds`)."""
+    try:
+        return [n.name for n in _parse(code).body if isinstance(n, kinds)]
+    except SyntaxError:
+        return []
 
+
+def _entry_point(tests, reference: str) -> str | None:
+    """The function an MBPP task's asserts call first among those its reference solution
+    defines: never a built-in the asserts happen to call around it (`int(lobb_num(5, 3))`),
+    unless the task itself defines one of that name (`sum`)."""
+    defined = set(_top_level(reference))
     for test in tests:
-        if match := re.search(r"assert\s+(?:not\s+)?\(?\s*(?:set\()?\s*(\w+)\s*\(", test):
-            return match.group(1)
+        for match in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)\s*\(", test):
+            if match.group(1) in defined:
+                return match.group(1)
     return None
 
 
@@ -102,8 +117,18 @@ def program_for(task: BenchTask, answer: str) -> Program:
     down to what the entry point and the tests need."""
     code = task.prompt.head + cut_at_stops(answer, task.prompt.stop)
     used = names_used("\n".join(task.tests))
-    return Program(code=sanitize(code, task.entry_point, used), tests=task.tests,
-                   entry_point=task.entry_point)
+    return task_program(task, sanitize(code, task.entry_point, used))
+
+
+def task_program(task: BenchTask, code: str) -> Program:
+    """`code` judged by the task's tests, trusting only the task: the tests' helpers and
+    imports come from its own code, and only the entry point and the classes the tests build
+    arguments from (MBPP's `Node`, `Pair`) are taken from `code`."""
+    used = names_used("\n".join(task.tests))
+    classes = _top_level(task.reference, (ast.ClassDef,))
+    return Program(code=code, tests=task.tests, entry_point=task.entry_point,
+                   context=task.reference,
+                   crosses=tuple(c for c in classes if c in used and c != task.entry_point))
 
 
 @dataclass(frozen=True)

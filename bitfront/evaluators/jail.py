@@ -1,7 +1,7 @@
 """Inside the sandbox: holds the candidate's program and objects and answers the judge.
 
 Started by sandbox.py as `python -S -s -B jail.py LIMITS` (under bubblewrap), with stdin and
-stdout the channel from and to the judge and stderr a capped file. It sets its rlimits, moves
+stdout the channel from and to the judge and stderr a capped pipe. It sets its rlimits, moves
 the channel off fds 0 and 1 (stdin then reads, and print() writes, /dev/null), and serves:
 `["load", code]` runs the program; `["lookup", names]` gives the values those names have in
 it; `["call", h, args, kwargs]`, `["getattr", h, name]` and `["setattr", h, name, value]` use

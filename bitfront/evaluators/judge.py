@@ -1,10 +1,14 @@
 """The judge: runs a benchmark's tests, outside the sandbox, against a program that lives in it.
 
 Started by sandbox.py as `python -S -B judge.py TO_JAIL FROM_JAIL`, with the spec (`program`,
-`tests`, `entry_point`, `limits`) as JSON on stdin; writes its verdict as one JSON object to
-stdout. It sets its own rlimits, sends the program to the jail, asks it for the names the tests
-read but do not define (the entry point, helpers such as HumanEval's `poly`; built-ins stay the
-judge's own, but for the entry point), and runs each test here. A name's value crosses by value
+`tests`, `entry_point`, `context`, `crosses`, `limits`) as JSON on stdin; writes its verdict as
+one JSON object to stdout. It sets its own rlimits and trusts only the task: the names the
+tests read but do not define are built-ins (the judge's own) or come from the task's own code
+(`context`: the statements of a reference solution or of HumanEval's prompt that bind them,
+such as `poly` or `import sys`, run here), except the entry point and the classes the tests
+build arguments from (`crosses`), which alone are taken from the program; an entry point is
+never a built-in unless the task's code defines it (MBPP's `sum`). It sends the program to the
+jail, asks it for those names, and runs each test here. A name's value crosses by value
 if it is plain data; anything else (a function, a class, an instance) becomes a `Remote`:
 calling it, reading or setting its attributes are requests whose arguments and results cross by
 value (`wire`), and it cannot be compared, hashed or tested for truth, so no object of the
@@ -23,7 +27,8 @@ import sys
 import wire
 
 _EXHAUSTION = {"MemoryError", "RecursionError", "BlockingIOError"}
-_EXHAUSTION_ERRNOS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.EFBIG}
+_EXHAUSTION_ERRNOS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.EFBIG,
+                      errno.EPIPE}  # EPIPE: its stderr went over the cap
 _CONTROL_FLOW = {"StopIteration", "StopAsyncIteration"}  # would end a test's loop quietly
 
 
@@ -91,7 +96,7 @@ class Channel:
             raise self.lost
         try:
             wire.send(self.to_jail, frame)
-            reply = wire.receive(self.from_jail)
+            reply = wire.receive(self.from_jail, wire.MAX_REPLY)  # capped before parsing
             if reply[0] == "ok" and len(reply) == 2:
                 return wire.decode(reply[1], self._remote)
             if reply[0] != "error" or len(reply) != 4:
@@ -125,10 +130,9 @@ def _candidate_error(name, message, number) -> Exception:
     return exc
 
 
-def _free_names(tests: list[str], entry_point: str | None) -> list[str]:
-    """Names the tests read but never bind, and that are not built-ins (the entry point may
-    be one): the program's."""
-    read, bound = set(), set(dir(builtins)) - {entry_point}
+def _free_names(tests: list[str]) -> set[str]:
+    """Names the tests read but never bind (built-ins included)."""
+    read, bound = set(), set()
     for node in (node for test in tests for node in ast.walk(ast.parse(test))):
         if isinstance(node, ast.Name):
             (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
@@ -138,7 +142,52 @@ def _free_names(tests: list[str], entry_point: str | None) -> list[str]:
             bound.add((node.asname or node.name).split(".")[0])
         elif isinstance(node, ast.arg) or isinstance(node, ast.ExceptHandler) and node.name:
             bound.add(node.arg if isinstance(node, ast.arg) else node.name)
-    return sorted(name for name in read - bound if not name.startswith("__"))
+    return {name for name in read - bound if not name.startswith("__")}
+
+
+def _bindings(body: list[ast.stmt]) -> dict[str, ast.stmt]:
+    """The top-level statements that bind a name (imports, definitions, simple assignments),
+    by the name they bind."""
+    found: dict[str, ast.stmt] = {}
+    for node in body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                found[(alias.asname or alias.name).split(".")[0]] = node
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found[node.name] = node
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                if isinstance(target, ast.Name):
+                    found[target.id] = node
+    return found
+
+
+def sources(tests: list[str], entry_point: str | None, context: str,
+            crosses: list[str]) -> tuple[str, list[str]]:
+    """Where each name the tests read but do not bind comes from, as (the task's code to run
+    here, the names to take from the program). Only the entry point and the names in
+    `crosses` (classes the tests build arguments from) come from the program; the entry point
+    only where it is not a built-in, or the task's own code (`context`: a reference solution,
+    HumanEval's prompt) defines it. Every other name is a built-in (the judge's own) or comes
+    from the statements of `context` that bind it, with those they need in turn; a name none
+    of these binds stays unbound."""
+    free = _free_names(tests)
+    body = ast.parse(context).body
+    defined = _bindings(body)
+    program = set(crosses) - set(dir(builtins))
+    if entry_point and (entry_point not in dir(builtins) or entry_point in defined):
+        program.add(entry_point)
+    wanted = {name for name in free - program if name in defined}
+    stack = list(wanted)
+    while stack:
+        for sub in ast.walk(defined[stack.pop()]):
+            name = sub.id if isinstance(sub, ast.Name) else None
+            if name in defined and name not in wanted and name not in program:
+                wanted.add(name)
+                stack.append(name)
+    chosen = [node for node in body if any(node is defined[name] for name in wanted)]
+    code = ast.unparse(ast.Module(body=chosen, type_ignores=[])) if chosen else ""
+    return code, sorted(program & free)
 
 
 def _verdict(exc: BaseException, stage: int | None, tests: list[str]) -> dict:
@@ -157,9 +206,15 @@ def _verdict(exc: BaseException, stage: int | None, tests: list[str]) -> dict:
 def judge(spec: dict, channel: Channel) -> dict:
     tests = spec["tests"]
     namespace = {"__name__": "__main__", "__builtins__": builtins}
+    try:  # the task's own code first: what it binds, the program cannot replace
+        task, wanted = sources(tests, spec["entry_point"], spec.get("context", ""),
+                               spec.get("crosses", []))
+        exec(compile(task, "task.py", "exec"), namespace)
+    except BaseException as exc:  # noqa: BLE001 - trusted code: a failure of ours
+        return {"status": "crashed",
+                "detail": f"the task's own code failed: {type(exc).__name__}: {exc}"[:500]}
     try:
         channel.request("load", spec["program"])
-        wanted = _free_names(tests, spec["entry_point"])
         values = channel.request("lookup", wanted)
         namespace.update({name: values[name] for name in wanted if name in values})
     except BaseException as exc:  # noqa: BLE001 - decided below

@@ -8,10 +8,14 @@ Each program takes two processes, started together and joined by two pipes:
   its standard library and libpython; the shared libraries of /usr/lib), the two files of ours
   it runs, a fresh /proc, and /dev/null, /dev/zero and /dev/urandom; /tmp is an empty tmpfs of
   `scratch_bytes`, its working directory and the only writable place. No host /run, /tmp,
-  sockets or other devices. A seccomp filter refuses new processes (threads are allowed), SysV
-  IPC objects and memfds, which no rlimit would bound. Run by root, bubblewrap maps the
-  sandbox's user to root itself (without capabilities): RLIMIT_NPROC does not bind root, hence
-  the filter, and root may write /proc/sys even so, hence the read-only /proc.
+  sockets or other devices, and nothing of the evaluator's environment: bubblewrap itself is
+  started with the sandbox's own few variables (its PID 1's /proc/1/environ is readable
+  inside). A seccomp filter (`_seccomp_filter`) refuses new processes (threads are allowed),
+  SysV IPC objects and memfds, which no rlimit would bound, and ptrace and its kin (PID 1 is
+  bubblewrap's), file modes, attributes and times, and file locks. Run by root, bubblewrap
+  maps the sandbox's user to root itself (without capabilities): RLIMIT_NPROC does not bind
+  root (threads are then bounded by memory only), root owns the host's device nodes bound in
+  (hence no chmod), and root may write /proc/sys even so, hence the read-only /proc.
 - the judge (`judge.py`), outside, which runs the benchmark's tests and calls the program's
   functions over the pipes with arguments and results as plain data (`wire.py`). The verdict is
   decided there: nothing the program does to its own interpreter reaches it.
@@ -20,11 +24,15 @@ What one program can take is bounded: one process (seccomp) whose address space,
 included, is at most `memory_bytes`; files in /tmp of at most `scratch_bytes` in all
 (`file_bytes` each); `open_files` descriptors (pipes and sockets: small kernel buffers);
 `cpu_seconds` of CPU; `timeout` seconds of wall clock, after which both processes are killed.
-The judge runs under the same CPU and address-space limits. With the defaults, a program in
-flight holds at most 2 GiB (jail) + 2 GiB (judge) + 64 MiB (tmpfs) + 16 MiB (its stderr file),
-times `workers`. Every byte read back is capped: messages (`wire.MAX_FRAME`), stderr (the last
-`TAIL_BYTES` of a file of at most `file_bytes`), stdout (/dev/null), the verdict (the judge
-quotes at most 500 characters).
+bubblewrap is started under the same limits (`prlimit`), but for the process count, so they
+bind the sandbox's PID 1 too. The judge runs under the same CPU and address-space limits.
+With the defaults, a program in flight holds at most 2 GiB (jail) + 2 GiB (judge) + 64 MiB
+(tmpfs), times `workers`, and the inodes of the files it makes in /tmp (not bounded: bubblewrap
+0.8 cannot set a tmpfs's nr_inodes). Every byte read back is capped: requests to the jail
+(`wire.MAX_FRAME`), its replies (`wire.MAX_REPLY`, before the judge parses them), stderr (a
+pipe of which at most `file_bytes` are read, the last `TAIL_BYTES` kept; past that the
+program's writes fail with EPIPE), stdout (/dev/null), the verdict (the judge quotes at most
+500 characters).
 
 Outcomes: passed / failed (which test) / timeout / crashed (a limit, an exit, a lost sandbox),
 with the tail of stderr. Any failure of ours on one program becomes its outcome. A thread pool
@@ -48,6 +56,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterable
@@ -86,13 +95,17 @@ class Limits:
 @dataclass(frozen=True)
 class Program:
     """A solution and its tests; the tests run one by one, in the judge, after the solution.
-    The tests see the solution's values of the names they use but do not define, except
-    built-ins: those stay the judge's own, but for `entry_point`, which may shadow one (MBPP's
-    `sum`)."""
+    Of the names the tests use but do not define, only `entry_point` and the names in
+    `crosses` (classes the tests build arguments from) are the solution's; built-ins stay the
+    judge's own, and the rest come from `context`, the task's own code (a reference solution,
+    HumanEval's prompt; trusted: its statements that bind those names run in the judge). The
+    entry point may shadow a built-in only where `context` defines it (MBPP's `sum`)."""
 
     code: str
     tests: tuple[str, ...]
     entry_point: str | None = None
+    context: str = ""
+    crosses: tuple[str, ...] = ()
 
 
 @dataclass
@@ -132,7 +145,7 @@ def require_sandbox(isolation: str) -> None:
 @functools.cache
 def _probe_bubblewrap() -> None:
     """One trivial program through the sandbox (once per process, when it works)."""
-    outcome = run_program(Program("x = 1", ("assert x == 1",)))
+    outcome = run_program(Program("def f():\n    return 1", ("assert f() == 1",), "f"))
     if not outcome.passed:
         why = (outcome.stderr_tail.strip().splitlines() or [outcome.detail])[-1]
         raise BitfrontError(f"bubblewrap cannot run the sandbox here ({why}): {_INSTALL}")
@@ -168,21 +181,26 @@ def _run(program: Program, limits: Limits, deadline: float) -> Outcome:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_ENV,
             cwd="/", pass_fds=(pipes[1], pipes[2]), start_new_session=True)
         stack.callback(_kill, judge)
-        stderr = stack.enter_context(tempfile.TemporaryFile(prefix="bitfront-stderr-"))
+        err_read, err_write = os.pipe()  # the jail's stderr: a pipe, never a host file
+        pipes.append(err_write)
+        tail = _Tail(err_read, limits.file_bytes)  # ends when every writer has gone
+        stack.callback(lambda: (_close_all(pipes), tail.join(5.0)))
         jail = (_Jail if limits.isolation == "bubblewrap" else _Unsandboxed)(
-            limits, pipes[0], pipes[3], stderr.fileno())
+            limits, pipes[0], pipes[3], err_write)
         stack.callback(jail.stop)
         _close_all(pipes)  # the children hold them now
         spec = {"program": program.code, "tests": list(program.tests),
-                "entry_point": program.entry_point,
+                "entry_point": program.entry_point, "context": program.context,
+                "crosses": list(program.crosses),
                 "limits": {"RLIMIT_CPU": [limits.cpu_seconds, limits.cpu_seconds + 1],
                            "RLIMIT_AS": [limits.memory_bytes] * 2}}
         try:
             raw, _ = judge.communicate(json.dumps(spec).encode(),
                                        timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            jail.stop()
             return Outcome("timeout", detail=f"wall clock exceeded {limits.timeout:g} s",
-                           stderr_tail=_tail(stderr.fileno()))
+                           stderr_tail=tail.text())
         outcome = _judged(raw)
         if outcome.pop("ended"):  # the jail's process ended: killed by a limit?
             sig = jail.signal(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -191,7 +209,36 @@ def _run(program: Program, limits: Limits, deadline: float) -> Outcome:
                            "detail": f"CPU time exceeded {limits.cpu_seconds} s"}
             elif sig is not None:
                 outcome["detail"] += f" (killed by signal {sig})"
-        return Outcome(**outcome, stderr_tail=_tail(stderr.fileno()))
+        jail.stop()  # then the tail of its stderr is complete
+        return Outcome(**outcome, stderr_tail=tail.text())
+
+
+class _Tail(threading.Thread):
+    """Drains a pipe, keeping the last TAIL_BYTES of at most `cap` bytes; past the cap it
+    closes its end (the writer then gets EPIPE), as it does at the end of the input."""
+
+    def __init__(self, fd: int, cap: int):
+        super().__init__(daemon=True)
+        self.fd, self.cap, self.data = fd, cap, b""
+        self.start()
+
+    def run(self) -> None:
+        data, total = bytearray(), 0
+        try:
+            while total < self.cap:
+                chunk = os.read(self.fd, min(1 << 16, self.cap - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+                data += chunk
+                del data[:-TAIL_BYTES]
+                self.data = bytes(data)
+        finally:
+            os.close(self.fd)
+
+    def text(self) -> str:
+        self.join(5.0)
+        return self.data[-TAIL_BYTES:].decode("utf-8", "replace")
 
 
 def _judged(raw: bytes) -> dict:
@@ -205,12 +252,6 @@ def _judged(raw: bytes) -> dict:
                 "ended": False}
     return {"status": verdict["status"], "detail": str(verdict.get("detail", ""))[:500],
             "test": str(verdict.get("test", ""))[:500], "ended": verdict.get("ended") is True}
-
-
-def _tail(fd: int) -> str:
-    """The last TAIL_BYTES of a file."""
-    size = os.fstat(fd).st_size
-    return os.pread(fd, TAIL_BYTES, max(0, size - TAIL_BYTES)).decode("utf-8", "replace")
 
 
 class _Unsandboxed:
@@ -236,7 +277,9 @@ class _Unsandboxed:
 
     def stop(self) -> None:
         _kill(self.process)
-        _remove(self.workdir)
+        if self.workdir:
+            _remove(self.workdir)
+            self.workdir = ""
 
 
 class _Jail:
@@ -249,9 +292,9 @@ class _Jail:
         seccomp, seccomp_w, info, info_w = fds
         try:
             os.write(seccomp_w, _seccomp_filter())
-            self.process = subprocess.Popen(
+            self.process = subprocess.Popen(  # bwrap's own environment is the sandbox's
                 _bwrap_command(limits, seccomp, info_w), stdin=stdin, stdout=stdout,
-                stderr=stderr, pass_fds=(seccomp, info_w), start_new_session=True)
+                stderr=stderr, pass_fds=(seccomp, info_w), start_new_session=True, env=_ENV)
             fds.remove(info)
         finally:
             _close_all(fds)
@@ -272,6 +315,7 @@ class _Jail:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.child, signal.SIGKILL)
             os.close(self.child)
+            self.child = -1
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5.0)
         _kill(self.process)
@@ -311,16 +355,41 @@ def _jail_limits(limits: Limits) -> str:
         "RLIMIT_CORE": [0, 0]})
 
 
+def _own_limits(limits: Limits) -> list[str]:
+    """prlimit's command line that starts bwrap under the program's limits (address space,
+    CPU, file size, descriptors, no core), so that they bind the sandbox's PID 1 too, not
+    only the jail; not the process count, which outside the sandbox's user namespace would
+    count every process of this user."""
+    cpu = limits.cpu_seconds
+    return [_prlimit(), f"--as={limits.memory_bytes}", f"--cpu={cpu}:{cpu + 1}",
+            f"--fsize={limits.file_bytes}", f"--nofile={limits.open_files}", "--core=0", "--"]
+
+
+@functools.cache
+def _prlimit() -> str:
+    found = shutil.which("prlimit")
+    if found is None:
+        raise BitfrontError("the sandbox needs prlimit (util-linux): apt-get install util-linux")
+    return found
+
+
 def _bwrap_command(limits: Limits, seccomp_fd: int, info_fd: int) -> list[str]:
-    command = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+    command = [_bwrap(), "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
                "--unshare-uts", "--unshare-cgroup", "--disable-userns", "--hostname", "sandbox",
                "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
     for name, value in _ENV.items():
         command += ["--setenv", name, value]
-    return [*command, *_mounts(), "--size", str(limits.scratch_bytes), "--tmpfs", "/tmp",
+    return [*_own_limits(limits), *command, *_mounts(), "--size", str(limits.scratch_bytes),
+            "--tmpfs", "/tmp",
             "--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd),
             "--info-fd", str(info_fd), "--", _interpreter(), "-S", "-B",
             f"{_INSIDE}/jail.py", _jail_limits(limits)]
+
+
+@functools.cache
+def _bwrap() -> str:
+    """bwrap's path (it is started with the sandbox's environment, which has no PATH)."""
+    return shutil.which("bwrap") or "bwrap"
 
 
 @functools.cache
@@ -363,15 +432,33 @@ class _ArgCmp(ctypes.Structure):  # libseccomp's struct scmp_arg_cmp
 
 
 _SCMP_ACT_ALLOW, _SCMP_ACT_ERRNO = 0x7FFF0000, 0x00050000
-_SCMP_CMP_MASKED_EQ, _CLONE_THREAD = 7, 0x00010000
+_SCMP_CMP_EQ, _SCMP_CMP_MASKED_EQ, _CLONE_THREAD = 4, 7, 0x00010000
+# System calls newer than some libseccomp releases, by their number (the same on every
+# architecture: the kernel's common table).
+_NEW_SYSCALLS = {"fchmodat2": 452, "setxattrat": 463, "removexattrat": 466,
+                 "file_setattr": 469}
+_F_SETLK, _F_SETLKW, _F_OFD_SETLK, _F_OFD_SETLKW = 6, 7, 37, 38
+_REFUSED = (  # EPERM; see _seccomp_filter
+    "shmget", "msgget", "semget", "memfd_create",
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "perf_event_open", "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter",
+    "io_uring_register", "keyctl", "add_key", "request_key",
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "setxattr", "lsetxattr", "fsetxattr",
+    "removexattr", "lremovexattr", "fremovexattr", "setxattrat", "removexattrat",
+    "file_setattr", "utime", "utimes", "utimensat", "futimesat")
 
 
 @functools.cache
 def _seccomp_filter() -> bytes:
     """bwrap's seccomp program (classic BPF, compiled by libseccomp, which bubblewrap's own
     users such as Flatpak use): refuse fork, vfork and clone without CLONE_THREAD (EAGAIN),
-    clone3 (ENOSYS: a filter cannot read its flags, and glibc then makes threads with clone),
-    and SysV shared memory, message queues, semaphores and memfds (EPERM)."""
+    clone3 (ENOSYS: a filter cannot read its flags, and glibc then makes threads with clone);
+    SysV shared memory, message queues, semaphores and memfds, which no rlimit bounds; ptrace,
+    process_vm_readv/writev, pidfd_getfd and kcmp (the sandbox's PID 1 has none of the
+    program's limits), perf events, BPF, userfaultfd, io_uring (its requests bypass this
+    filter) and kernel keyrings; changing the mode, extended attributes (ACLs) or times of
+    files, which the only files the program can reach and owns are the host's device nodes
+    when root runs it (EPERM); and file locks, which it could hold on host files (ENOLCK)."""
     name = ctypes.util.find_library("seccomp")
     if name is None:
         raise BitfrontError("the sandbox needs libseccomp: apt-get install libseccomp2")
@@ -388,13 +475,17 @@ def _seccomp_filter() -> bytes:
         raise OSError("seccomp_init failed")
     rules = [("fork", errno.EAGAIN, ()), ("vfork", errno.EAGAIN, ()),
              ("clone", errno.EAGAIN, (_ArgCmp(0, _SCMP_CMP_MASKED_EQ, _CLONE_THREAD, 0),)),
-             ("clone3", errno.ENOSYS, ()), *((call, errno.EPERM, ()) for call in
-                                             ("shmget", "msgget", "semget", "memfd_create"))]
+             ("clone3", errno.ENOSYS, ()), *((call, errno.EPERM, ()) for call in _REFUSED),
+             ("flock", errno.ENOLCK, ()),
+             *(("fcntl", errno.ENOLCK, (_ArgCmp(1, _SCMP_CMP_EQ, command, 0),))
+               for command in (_F_SETLK, _F_SETLKW, _F_OFD_SETLK, _F_OFD_SETLKW))]
     try:
         for call, error, conditions in rules:
             number = lib.seccomp_syscall_resolve_name(call.encode())
-            if number == -1:  # not a system call here
-                continue
+            if number < 0:  # unknown to this libseccomp, or not a system call here
+                number = _NEW_SYSCALLS.get(call, -1)
+                if number < 0:
+                    continue
             result = lib.seccomp_rule_add_array(context, _SCMP_ACT_ERRNO | error, number,
                                                 len(conditions),
                                                 (_ArgCmp * len(conditions))(*conditions))

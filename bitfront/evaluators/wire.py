@@ -15,6 +15,7 @@ import os
 import struct
 
 MAX_FRAME = 16 << 20  # bytes in one message; a longer one is refused unread
+MAX_REPLY = 1 << 20  # bytes in one reply from the jail: what the judge parses stays small
 _HEADER = struct.Struct("!I")
 _LONG = 1 << 64  # ints at least this large cross as hex (JSON numbers stop at 4300 digits)
 _SEQUENCES = {"t": tuple, "s": set, "f": frozenset}
@@ -86,12 +87,12 @@ def send(fd: int, frame: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def receive(fd: int):
+def receive(fd: int, limit: int = MAX_FRAME):
     """The next message; EOFError when the other side has gone, ValueError when the frame is
-    over MAX_FRAME (not read) or not JSON."""
+    over `limit` bytes (not read) or not JSON."""
     (size,) = _HEADER.unpack(_read(fd, _HEADER.size))
-    if size > MAX_FRAME:
-        raise ValueError(f"a message of {size} bytes is over the {MAX_FRAME}-byte limit")
+    if size > limit:
+        raise ValueError(f"a message of {size} bytes is over the {limit}-byte limit")
     return json.loads(_read(fd, size))
 
 

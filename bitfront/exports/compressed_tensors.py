@@ -47,6 +47,7 @@ from bitfront.exports.checkpoint import checkpoint_tensors, write_checkpoint
 from bitfront.exports.formats import module_regex
 from bitfront.kernels.quant import PackedWeight, dequantize, unpack_codes
 from bitfront.models.base import CodeLM
+from bitfront.paths import atomic_directory
 from bitfront.quant.apply import PlanApplier
 from bitfront.quant.candidates import Candidates
 from bitfront.space.layers import Layer, LayerSpace
@@ -148,6 +149,7 @@ def write_compressed_tensors(lm: CodeLM, plan: BitPlan, candidates: Candidates,
     tensors = checkpoint_tensors(
         lm, plan, lambda name: _compress(name, candidates.packed(name, plan.specs[name].bits),
                                          schemes[name]), dtype)
-    write_checkpoint(lm, plan, tensors, directory, dtype)
-    ModelCompressor(quantization_config=config).update_config(str(directory))
+    with atomic_directory(directory) as partial:  # complete, or nothing a loader accepts
+        write_checkpoint(lm, plan, tensors, partial, dtype)
+        ModelCompressor(quantization_config=config).update_config(str(partial))
     return directory

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bitfront.errors import BitfrontError
 from bitfront.exports.formats import export_json, gptqmodel_config, llama_cpp_args
+from bitfront.paths import write_atomic
 from bitfront.space.plan import BitPlan
 
 FORMATS = ("json", "gptqmodel", "llama-cpp", "compressed-tensors")
@@ -46,5 +47,5 @@ def write_export(plan: BitPlan, format: str, path: Path, *, lm=None, candidates=
     arch = getattr(getattr(lm, "module", None), "config", None)
     text = plan_text(plan, format, metrics=metrics, provenance=provenance,
                      arch=getattr(arch, "model_type", "qwen3"))
-    path.write_text(text + "\n")
+    write_atomic(path, text + "\n")  # whole or not at all; a full disk is one line
     return path

@@ -20,6 +20,7 @@ import torch
 from bitfront.exports.checkpoint import checkpoint_tensors, write_checkpoint
 from bitfront.exports.formats import gptqmodel_config
 from bitfront.models.base import CodeLM
+from bitfront.paths import atomic_directory
 from bitfront.quant.candidates import Candidates
 from bitfront.space.plan import BitPlan
 
@@ -33,6 +34,8 @@ def write_gptq_checkpoint(lm: CodeLM, plan: BitPlan, candidates: Candidates, dir
                     "checkpoint_format": "gptq_v2"}
     tensors = checkpoint_tensors(
         lm, plan, lambda name: candidates.packed(name, plan.specs[name].bits).tensors(), dtype)
-    write_checkpoint(lm, plan, tensors, directory, dtype, quant_config)
-    (directory / "quantize_config.json").write_text(json.dumps(quant_config, indent=2) + "\n")
+    with atomic_directory(directory) as partial:  # complete, or nothing a loader accepts
+        write_checkpoint(lm, plan, tensors, partial, dtype, quant_config)
+        (partial / "quantize_config.json").write_text(json.dumps(quant_config, indent=2)
+                                                      + "\n")
     return directory

@@ -57,11 +57,39 @@ class GenerationOptions:
 
 
 @dataclass
+class TopK:
+    """A model's k most likely tokens at each scored position, in the order `score_tokens`
+    visits the positions (fixed for fixed inputs and settings), kept on the CPU: the
+    reference distributions the KL of another weight set is measured against.
+
+    The tail is the mass outside the top k, as one bucket: log of it, −inf when k = vocab.
+    """
+
+    logp: torch.Tensor  # [N, k] float32 log-probabilities, descending
+    ids: torch.Tensor  # [N, k] int32 token ids
+    tail: torch.Tensor  # [N] float32 log of the mass outside the top k
+
+    def __len__(self) -> int:
+        return self.logp.shape[0]
+
+    def rows(self, rows: slice) -> TopK:
+        return TopK(self.logp[rows], self.ids[rows], self.tail[rows])
+
+    @staticmethod
+    def cat(parts: Sequence[TopK]) -> TopK:
+        return TopK(torch.cat([p.logp for p in parts]), torch.cat([p.ids for p in parts]),
+                    torch.cat([p.tail for p in parts]))
+
+
+@dataclass
 class ScoreResult:
     """Teacher-forced scores of target texts, one entry per sample."""
 
     accuracy: list[float]  # top-1 token accuracy on the target tokens, in [0, 1]
     logprob: list[float]  # mean log-probability per target token (<= 0)
+    # Mean KL(reference || model) per target token, when scored against a `reference`.
+    kl: list[float] | None = None
+    topk: TopK | None = None  # the model's top-k at every scored position, when asked
 
     @property
     def mean_accuracy(self) -> float:
@@ -70,6 +98,10 @@ class ScoreResult:
     @property
     def mean_logprob(self) -> float:
         return sum(self.logprob) / max(len(self.logprob), 1)
+
+    @property
+    def mean_kl(self) -> float | None:
+        return None if self.kl is None else sum(self.kl) / max(len(self.kl), 1)
 
 
 class CodeLM(ABC):
@@ -200,8 +232,14 @@ class CodeLM(ABC):
 
     @abstractmethod
     def score_tokens(self, contexts: list[list[int]], targets: list[list[int]], *,
-                     batch_size: int = 8, seed: int = 0, **options) -> ScoreResult:
-        """`score` on token ids (callers that score the same texts often encode once)."""
+                     batch_size: int = 8, seed: int = 0, topk: int = 0,
+                     reference: TopK | None = None, **options) -> ScoreResult:
+        """`score` on token ids (callers that score the same texts often encode once).
+
+        `topk` > 0 also returns the model's top-k distributions at every scored position
+        (`ScoreResult.topk`); `reference`, such a `TopK` from a call on the same inputs and
+        settings (e.g. by the 16-bit weights), also returns the mean KL(reference || model)
+        per target token of each sample (`ScoreResult.kl`)."""
 
 
 def resolve_options(options: GenerationOptions | None, overrides: dict) -> GenerationOptions:
@@ -257,13 +295,72 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
     return correct, logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def _tail_logp(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log of the mass of `logp` [N, V] outside the token ids [N, k] (−inf if none is).
+
+    A sum of the remaining probabilities (no cancellation, unlike 1 − Σ top-k), about twice
+    as fast on the CPU as a logsumexp over a copy with the top k set to −inf."""
+    probs = logp.exp()
+    probs.scatter_(-1, ids, 0.0)
+    return probs.sum(dim=-1).log()
+
+
+def top_k(logp: torch.Tensor, k: int) -> TopK:
+    """The k most likely tokens of log-probabilities [N, V] and the tail's mass (on the CPU)."""
+    values, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    return TopK(values.cpu(), ids.int().cpu(), _tail_logp(logp, ids).cpu())
+
+
+def topk_kl(reference: TopK, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per position [N] between the reference's distributions p, known through
+    their top k and the tail bucket, and log-probabilities `logq` [N, V]:
+    Σ_{i ∈ top-k(p)} p_i (log p_i − log q_i) + p_tail (log p_tail − log q_tail),
+    tail = everything outside p's top k. This is the exact KL of the two distributions
+    coarsened to k + 1 outcomes: a lower bound on the full KL, equal to it at k = vocab.
+    Rounding can leave −1e-9 where p = q; it reads 0."""
+    ids = reference.ids.to(logq.device, torch.long)
+    logp = reference.logp.to(logq.device)
+    tail_p = reference.tail.to(logq.device)
+    logq_top, tail_q = logq.gather(-1, ids), _tail_logp(logq, ids)
+    top = (logp.exp() * (logp - logq_top)).sum(dim=-1)
+    mass = tail_p.exp()
+    tail = torch.where(mass > 0, mass * (tail_p - tail_q), torch.zeros_like(mass))
+    return (top + tail).clamp_min(0.0)
+
+
+@dataclass
+class TokenStats:
+    """Per-position scores of `head_token_stats`."""
+
+    correct: torch.Tensor  # [N] top-1 correct (0/1)
+    logprob: torch.Tensor  # [N] log-prob of the target
+    kl: torch.Tensor | None = None  # [N] KL(reference || model), when given a reference
+    topk: TopK | None = None  # the model's top-k at each position, when asked
+
+
 @torch.no_grad()
-def head_token_stats(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`token_stats` of `head(hidden)` [N, V], one chunk of positions at a time."""
-    parts = [token_stats(head(hidden[rows]), targets[rows])
-             for rows in head_chunks(hidden.shape[0], head.out_features)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+def head_token_stats(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, *,
+                     topk: int = 0, reference: TopK | None = None) -> TokenStats:
+    """`token_stats` of `head(hidden)` [N, V], one chunk of positions at a time; with
+    `topk` > 0 also the top-k distributions (see `TopK`), with a `reference` ([N] rows,
+    aligned with `hidden`) also `topk_kl` to it."""
+    if reference is not None and len(reference) != hidden.shape[0]:
+        raise ValueError(f"the reference has {len(reference)} positions, the scores "
+                         f"{hidden.shape[0]}: score the same inputs the same way")
+    correct, logprob, kl, tops = [], [], [], []
+    for rows in head_chunks(hidden.shape[0], head.out_features):
+        logits = head(hidden[rows]).float()
+        correct.append((logits.argmax(dim=-1) == targets[rows]).float())
+        logp = torch.log_softmax(logits, dim=-1)
+        del logits
+        logprob.append(logp.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1))
+        if topk:
+            tops.append(top_k(logp, topk))
+        if reference is not None:
+            kl.append(topk_kl(reference.rows(rows), logp))
+    return TokenStats(torch.cat(correct), torch.cat(logprob),
+                      torch.cat(kl) if reference is not None else None,
+                      TopK.cat(tops) if topk else None)
 
 
 def _weighted_ce(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,

@@ -12,6 +12,7 @@ from bitfront.models.base import (
     GenerationOptions,
     PromptLike,
     ScoreResult,
+    TopK,
     batches,
     cut_at_stops,
     head_cross_entropy,
@@ -83,10 +84,14 @@ class CausalLM(CodeLM):
 
     @torch.no_grad()
     def score_tokens(self, contexts: list[list[int]], targets: list[list[int]], *,
-                     batch_size: int = 8, seed: int = 0) -> ScoreResult:
-        """Next-token top-1 accuracy and mean log-prob of each target after its context."""
+                     batch_size: int = 8, seed: int = 0, topk: int = 0,
+                     reference: TopK | None = None) -> ScoreResult:
+        """Next-token top-1 accuracy and mean log-prob of each target after its context
+        (and the top-k / KL to a reference's next-token distributions: see `CodeLM`)."""
         seqs = [c + t for c, t in zip(contexts, targets, strict=True)]
         accuracy, logprob = [0.0] * len(seqs), [0.0] * len(seqs)
+        kl = [0.0] * len(seqs)
+        tops, cursor = [], 0
         for idx in batches(len(seqs), batch_size, [len(s) for s in seqs]):
             ids, mask = pad_batch([seqs[i] for i in idx], self.pad_token_id, side="right")
             predicting = torch.zeros_like(ids, dtype=torch.bool)
@@ -94,13 +99,28 @@ class CausalLM(CodeLM):
                 # Without a context the first target token has no prediction: skip it.
                 predicting[row, max(len(contexts[i]), 1) - 1:len(seqs[i]) - 1] = True
             wanted = ids[:, 1:][predicting[:, :-1]]
-            ok, lp = head_token_stats(self.head, self.hidden_at(ids, predicting, mask),
-                                      wanted.to(self.device))
+            n = int(predicting.sum())
+            part = None if reference is None else reference.rows(slice(cursor, cursor + n))
+            cursor += n
+            got = head_token_stats(self.head, self.hidden_at(ids, predicting, mask),
+                                   wanted.to(self.device), topk=topk, reference=part)
+            if got.topk is not None:
+                tops.append(got.topk)
             # Row-major order: each row's positions are contiguous, in `idx` order.
             counts = predicting.sum(dim=1).tolist()
-            for i, row_ok, row_lp in zip(idx, ok.split(counts), lp.split(counts), strict=True):
+            row_kl = got.kl.split(counts) if got.kl is not None else [None] * len(idx)
+            for i, row_ok, row_lp, one_kl in zip(idx, got.correct.split(counts),
+                                                 got.logprob.split(counts), row_kl,
+                                                 strict=True):
                 accuracy[i], logprob[i] = row_ok.mean().item(), row_lp.mean().item()
-        return ScoreResult(accuracy=accuracy, logprob=logprob)
+                if one_kl is not None:
+                    kl[i] = one_kl.mean().item()
+        if reference is not None and cursor != len(reference):
+            raise ValueError(f"the reference has {len(reference)} positions, the scores "
+                             f"{cursor}: score the same inputs the same way")
+        return ScoreResult(accuracy=accuracy, logprob=logprob,
+                           kl=None if reference is None else kl,
+                           topk=TopK.cat(tops) if topk else None)
 
     def _stop_criteria(self, stops: tuple[str, ...]) -> StoppingCriteriaList:
         """Stop-string criteria built once per model and stop set: `generate(stop_strings=)`

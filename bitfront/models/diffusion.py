@@ -11,6 +11,7 @@ from bitfront.models.base import (
     GenerationOptions,
     PromptLike,
     ScoreResult,
+    TopK,
     batches,
     cut_at_stops,
     head_cross_entropy,
@@ -129,12 +130,15 @@ class DiffusionLM(CodeLM):
 
     @torch.no_grad()
     def score_tokens(self, contexts: list[list[int]], targets: list[list[int]], *,
-                     batch_size: int = 8, seed: int = 0,
+                     batch_size: int = 8, seed: int = 0, topk: int = 0,
+                     reference: TopK | None = None,
                      mask_ratios: Sequence[float] = SCORE_MASK_RATIOS) -> ScoreResult:
         """Masked reconstruction of each target given its context, at seeded mask ratios.
 
         For every sample and ratio r a seeded set of round(r * n) target positions is masked;
-        accuracy / log-prob are averaged over all masked positions of all ratios.
+        accuracy / log-prob (and the KL to a reference's masked-token distributions, see
+        `CodeLM`: the masks are the same for the same seed) are averaged over all masked
+        positions of all ratios.
         """
         rows: list[tuple[int, list[int], torch.Tensor]] = []  # (sample, ids, masked positions)
         for i, (ctx, tgt) in enumerate(zip(contexts, targets, strict=True)):
@@ -143,24 +147,39 @@ class DiffusionLM(CodeLM):
                 rows.append((i, ctx + tgt, mask_positions(len(tgt), ratio, gen) + len(ctx)))
         correct = [0.0] * len(contexts)
         logprob = [0.0] * len(contexts)
+        kl = [0.0] * len(contexts)
         count = [0] * len(contexts)
+        tops, cursor = [], 0
         for idx in batches(len(rows), batch_size, [len(r[1]) for r in rows]):
             ids, _ = pad_batch([rows[j][1] for j in idx], self.tokens.pad, side="right")
             masked = torch.zeros_like(ids, dtype=torch.bool)
             for row, j in enumerate(idx):
                 masked[row, rows[j][2]] = True
+            n = int(masked.sum())
+            part = None if reference is None else reference.rows(slice(cursor, cursor + n))
+            cursor += n
             hidden = self.hidden_at(ids.masked_fill(masked, self.tokens.mask), masked)
-            ok, lp = head_token_stats(self.head, hidden, ids[masked].to(self.device))
+            got = head_token_stats(self.head, hidden, ids[masked].to(self.device), topk=topk,
+                                   reference=part)
+            if got.topk is not None:
+                tops.append(got.topk)
             # Row-major order: each row's masked positions are contiguous, in `idx` order.
             start = 0
             for j in idx:
                 sample, _, pos = rows[j]
                 end = start + len(pos)
-                correct[sample] += ok[start:end].sum().item()
-                logprob[sample] += lp[start:end].sum().item()
+                correct[sample] += got.correct[start:end].sum().item()
+                logprob[sample] += got.logprob[start:end].sum().item()
+                if got.kl is not None:
+                    kl[sample] += got.kl[start:end].sum().item()
                 count[sample] += len(pos)
                 start = end
+        if reference is not None and cursor != len(reference):
+            raise ValueError(f"the reference has {len(reference)} positions, the scores "
+                             f"{cursor}: score the same inputs the same way")
         return ScoreResult(
             accuracy=[c / n for c, n in zip(correct, count, strict=True)],
             logprob=[lp / n for lp, n in zip(logprob, count, strict=True)],
+            kl=None if reference is None else [d / n for d, n in zip(kl, count, strict=True)],
+            topk=TopK.cat(tops) if topk else None,
         )

@@ -2,8 +2,9 @@
 
 For a set of plans (uniform 2/3/4/8/16 bits and seeded random mixed plans spread over the
 memory range) each plan is applied, scored by the proxy and evaluated with full pass@1;
-Kendall's τ and Spearman's ρ between the two are reported with 95% bootstrap intervals over
-the plans (undefined when either side is constant, e.g. a model too weak to pass any task).
+Kendall's τ and Spearman's ρ between each of the proxy's accuracies (top-1, likelihood and
+KL retention: `PROXIES`) and pass@1 are reported with 95% bootstrap intervals over the plans
+(undefined when either side is constant, e.g. a model too weak to pass any task).
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def mixed_plans(candidates: Candidates, model: str, n: int, *, seed: int = 0
     return plans
 
 
+# accuracy option (as in the study's `accuracy` setting) -> the retention it reads, in a
+# fidelity row and in a stored `TrialMetrics` record.
+PROXIES = {"top1": ("proxy_retention", "retention"),
+           "likelihood": ("logprob_retention", "logprob_retention"),
+           "kl": ("kl_retention", "kl_retention")}
+
+
 def plan_model_key(lm: CodeLM, plan: BitPlan, candidates: Candidates) -> str:
     """What an evaluation of `lm` under `plan` is keyed by: the model, the plan's layers and
     the candidates they come from (re-quantizing with other settings changes the answers)."""
@@ -65,16 +73,49 @@ def plan_model_key(lm: CodeLM, plan: BitPlan, candidates: Candidates) -> str:
 
 
 @dataclass
-class Fidelity:
-    rows: list[dict]
+class Correlation:
+    """How one proxy ranks the plans against pass@1."""
+
     kendall_tau: Interval | None
     spearman_rho: Interval | None
     note: str
 
     def to_dict(self) -> dict:
+        return {"kendall_tau": self.kendall_tau and self.kendall_tau.to_dict(),
+                "spearman_rho": self.spearman_rho and self.spearman_rho.to_dict(),
+                "note": self.note}
+
+
+@dataclass
+class Fidelity:
+    rows: list[dict]
+    proxies: dict[str, Correlation]  # accuracy option (`PROXIES`) -> its rank correlation
+
+    @property
+    def kendall_tau(self) -> Interval | None:
+        """τ of top-1 retention (the first proxy)."""
+        return self.proxies["top1"].kendall_tau
+
+    @property
+    def spearman_rho(self) -> Interval | None:
+        return self.proxies["top1"].spearman_rho
+
+    @property
+    def note(self) -> str:
+        return self.proxies["top1"].note
+
+    def best(self) -> str | None:
+        """The proxy with the highest Kendall τ (None when no τ is defined)."""
+        defined = {k: c.kendall_tau.estimate for k, c in self.proxies.items()
+                   if c.kendall_tau is not None}
+        return max(defined, key=defined.get) if defined else None
+
+    def to_dict(self) -> dict:
         return {"rows": self.rows, "note": self.note,
                 "kendall_tau": self.kendall_tau and self.kendall_tau.to_dict(),
-                "spearman_rho": self.spearman_rho and self.spearman_rho.to_dict()}
+                "spearman_rho": self.spearman_rho and self.spearman_rho.to_dict(),
+                "proxies": {k: c.to_dict() for k, c in self.proxies.items()},
+                "best": self.best()}
 
 
 def _rank_statistic(fn):
@@ -115,8 +156,13 @@ def measure_fidelity(lm: CodeLM, candidates: Candidates, plans: list[BitPlan],
                      "proxy_retention": score.retention,
                      "proxy_retention_interval": [score.retention_low, score.retention_high],
                      "logprob_retention": score.logprob_retention,
+                     "kl_retention": score.kl_retention,
+                     "kl_retention_interval": [score.kl_retention_low,
+                                               score.kl_retention_high],
+                     "kl": score.kl,
                      "pass@1": report["pass@1"],
                      "pass@1_interval": report["pass@1_interval"]})
-    tau, rho, note = correlations([r["proxy_retention"] for r in rows],
-                                  [r["pass@1"] for r in rows])
-    return Fidelity(rows=rows, kendall_tau=tau, spearman_rho=rho, note=note)
+    truth = [r["pass@1"] for r in rows]
+    proxies = {name: Correlation(*correlations([r[key] for r in rows], truth))
+               for name, (key, _) in PROXIES.items()}
+    return Fidelity(rows=rows, proxies=proxies)

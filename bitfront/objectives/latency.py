@@ -22,6 +22,14 @@ garbage collector off), instead of whole generations. The table is measured in t
 model runs in unless the workload names another. A plan's latency is rest + Σ over layers of
 calls × table entry: a sum, so every search trial gets it for free; `validation.validate_costs`
 checks it end to end.
+
+Timings are only as good as the machine is quiet. While the table is measured, the kernel's
+per-thread scheduler statistics tell how long this process's threads waited for a CPU while
+they could have run, per second they ran (`cpu_wait`: near 0 on a quiet machine, about 1 when
+another job takes half the CPUs); the table records it beside the load average, the CPU
+pressure (PSI) and the CPUs and threads it had (`meta["conditions"]`). A table measured under
+contention (`cpu_wait` over `CONTENDED`) comes with a warning and is not trusted for good: it is
+measured again the next time it is asked for on a quiet machine.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ import copy
 import gc
 import hashlib
 import json
+import os
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -51,6 +61,70 @@ from bitfront.space.plan import BitPlan
 
 SCHEMA = 2
 DTYPES = ("bfloat16", "float16", "float32")
+CONTENDED = 0.2  # seconds waiting for a CPU per second on one above which timings are suspect
+QUIET_PRESSURE = 10.0  # % of the last 10 s some task waited for a CPU (PSI) on a quiet machine
+
+
+class LatencyWarning(UserWarning):
+    """A latency table measured while other work competed for the CPUs."""
+
+
+def _schedstat() -> tuple[int, int] | None:
+    """(ns on a CPU, ns waiting for one) summed over this process's threads, or None where
+    the kernel keeps no scheduler statistics."""
+    run = wait = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/schedstat") as fh:
+                on_cpu, waiting = fh.read().split()[:2]
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
+        run, wait = run + int(on_cpu), wait + int(waiting)
+    return (run, wait) if run else None
+
+
+def _cpu_pressure() -> float | None:
+    """% of the last 10 s in which some task waited for a CPU (PSI), or None without PSI."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            return float(fh.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _quiet_now() -> bool:
+    """Whether the machine looks quiet enough to time on (PSI, else the load average)."""
+    pressure = _cpu_pressure()
+    if pressure is not None:
+        return pressure < QUIET_PRESSURE
+    return os.getloadavg()[0] < 0.5 * len(os.sched_getaffinity(0))
+
+
+class _CpuWait:
+    """Measures `cpu_wait` (see the module's docstring) over a `with` block."""
+
+    def __enter__(self) -> _CpuWait:
+        self.start, self.pressure = _schedstat(), _cpu_pressure()
+        self.ratio: float | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = _schedstat()
+        if self.start is not None and end is not None and end[0] > self.start[0]:
+            self.ratio = max(0.0, (end[1] - self.start[1]) / (end[0] - self.start[0]))
+
+    def conditions(self) -> dict:
+        """What the table was measured under."""
+        return {"cpu_wait": None if self.ratio is None else round(self.ratio, 4),
+                "contended": self.ratio is not None and self.ratio > CONTENDED,
+                "cpu_pressure": [self.pressure, _cpu_pressure()],
+                "load": [round(x, 2) for x in os.getloadavg()],
+                "cpus": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 @dataclass(frozen=True)
@@ -167,6 +241,11 @@ class LatencyTable:
     layers: dict[str, float]  # "phase|out|in|bits" -> seconds per call
     rest: float  # seconds per sample for everything but the quantizable linears
     meta: dict = field(default_factory=dict)
+
+    @property
+    def contended(self) -> bool:
+        """Measured while other work competed for the CPUs (see `meta["conditions"]`)."""
+        return bool(self.meta.get("conditions", {}).get("contended"))
 
     def layer_time(self, phase: str, out_f: int, in_f: int, bits: int) -> float:
         return self.layers[f"{phase}|{out_f}|{in_f}|{bits}"]
@@ -318,13 +397,37 @@ def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
                           calls: int = 1, root: Path | None = None,
                           show_progress: bool = True) -> LatencyTable:
     """Measure (or load from the cache) the latency table of `lm` on its device: each kernel
-    over `calls` calls per short run, the median of `repeats` runs."""
+    over `calls` calls per short run, the median of `repeats` runs, with the conditions it
+    was measured under (a cached table measured under contention is measured again when the
+    machine is quiet)."""
     device = lm.device
     dtype = getattr(torch, workload.dtype) if workload.dtype else lm.dtype
     key = _table_key(lm, space, workload, bits, dtype, device, group_size)
     path = (root or cache_dir() / "latency") / f"{key}.json"
-    if (cached := read_cached(path, LatencyTable.from_dict)) is not None:
+    cached = read_cached(path, LatencyTable.from_dict)
+    if cached is not None and not (cached.contended and _quiet_now()):
         return cached
+    with _CpuWait() as waited:
+        table = _measure(lm, space, workload, bits=bits, group_size=group_size,
+                         repeats=repeats, calls=calls, key=key, dtype=dtype,
+                         show_progress=show_progress)
+    table.meta["conditions"] = waited.conditions()
+    if table.contended:
+        warnings.warn(
+            f"the latency table of {lm.name} was measured while other work competed for the "
+            f"CPUs (its threads waited {waited.ratio:.2f} s for a CPU per second on one; load "
+            f"{table.meta['conditions']['load'][0]} on {table.meta['conditions']['cpus']} "
+            "CPUs): its latencies may be too high; it is measured again when next asked for "
+            "on a quiet machine", LatencyWarning, stacklevel=2)
+    write_atomic(path, json.dumps(table.to_dict(), indent=1) + "\n")
+    return table
+
+
+def _measure(lm: CodeLM, space: LayerSpace, workload: Workload, *, bits, group_size: int,
+             repeats: int, calls: int, key: str, dtype: torch.dtype,
+             show_progress: bool) -> LatencyTable:
+    """The measurement behind `measure_latency_table`."""
+    device = lm.device
     per_run = {"prefill": 1, "decode": calls} if lm.family == "ar" else {"step": calls}
     vocab, mask_id = len(lm.tokenizer), _mask_id(lm)
     module = copy.deepcopy(lm.module).to(dtype).eval()
@@ -363,7 +466,6 @@ def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
                          meta={"torch": torch.__version__, "threads": torch.get_num_threads(),
                                "attn": getattr(lm.module.config, "_attn_implementation", None),
                                "calls": calls, "repeats": repeats})
-    write_atomic(path, json.dumps(table.to_dict(), indent=1) + "\n")
     return table
 
 

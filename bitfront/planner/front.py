@@ -19,8 +19,15 @@ from optuna.trial import TrialState
 
 from bitfront.errors import BitfrontError, NoPlanError
 from bitfront.planner.metrics import TrialMetrics, objective_metric
-from bitfront.planner.optuna_private import compute_hypervolume
-from bitfront.planner.study import CONFIG_ATTR, OBJECTIVES, REQUEUED_ATTR
+from bitfront.planner.optuna_private import compute_hypervolume, storage_of
+from bitfront.planner.pareto import nondominated
+from bitfront.planner.study import (
+    CONFIG_ATTR,
+    OBJECTIVES,
+    REFINEMENT_ATTR,
+    REQUEUED_ATTR,
+    Storage,
+)
 from bitfront.space.plan import BitPlan
 from bitfront.units import format_bytes
 
@@ -35,6 +42,7 @@ class Point:
     metrics: TrialMetrics
     feasible: bool
     origin: str
+    refinement: bool = False  # recorded by a refinement at a budget, not by the search
 
     def to_dict(self) -> dict:
         return {"trial": self.number, "origin": self.origin, "feasible": self.feasible,
@@ -54,6 +62,8 @@ class SearchResult:
     hypervolume: float
     requeued: list[dict] = field(default_factory=list)  # seeds run again (see study.py)
     unfinished: list[int] = field(default_factory=list)  # trials a dead worker left or that failed
+    # Where the study lives (a URL or storage object), for answers refined at a budget.
+    storage: Storage | None = field(default=None, repr=False, compare=False)
 
     @property
     def objectives(self) -> list[str]:
@@ -67,7 +77,11 @@ class SearchResult:
         return plan_of(point, self.config)
 
     @classmethod
-    def of(cls, study: optuna.Study) -> SearchResult:
+    def of(cls, study: optuna.Study, storage: Storage | None = None) -> SearchResult:
+        """The result of `study`; `storage` is its URL (default: its storage object; a
+        "memory" URL cannot be opened again)."""
+        if storage is None or storage == "memory":
+            storage = storage_of(study)
         config = study_config(study)
         pts = points(study)
         front = pareto_front(pts, config["objectives"])
@@ -76,11 +90,14 @@ class SearchResult:
                    hypervolume=hypervolume(pts, config["objectives"], reference_point(config)),
                    requeued=study.user_attrs.get(REQUEUED_ATTR, []),
                    unfinished=[t.number for t in study.get_trials(
-                       deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING))])
+                       deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING))],
+                   storage=storage)
 
     def summary(self) -> dict:
         """The front in brief, JSON-ready: each front plan's trial, origin and metrics."""
-        return {"study": self.study, "trials": len(self.points),
+        return {"study": self.study,
+                "trials": sum(not p.refinement for p in self.points),
+                "refinement_trials": sum(p.refinement for p in self.points),
                 "feasible": sum(p.feasible for p in self.points),
                 "objectives": self.objectives, "reference": self.reference,
                 "hypervolume": self.hypervolume,
@@ -109,7 +126,8 @@ def points(study: optuna.Study) -> list[Point]:
                          values=tuple(trial.values),
                          metrics=TrialMetrics.from_dict(trial.user_attrs),
                          feasible=all(c <= 0 for c in trial.constraints.values()),
-                         origin=trial.user_attrs.get("origin", "")))
+                         origin=trial.user_attrs.get("origin", ""),
+                         refinement=REFINEMENT_ATTR in trial.user_attrs))
     return out
 
 
@@ -125,11 +143,7 @@ def pareto_front(pts: list[Point], objectives: list[str]) -> list[Point]:
     if not feasible:
         return []
     losses = _losses([p.values for p in feasible], objectives)
-    keep = []
-    for i, row in enumerate(losses):
-        dominated = np.any(np.all(losses <= row, axis=1) & np.any(losses < row, axis=1))
-        if not dominated:
-            keep.append(i)
+    keep = nondominated(losses)
     # Identical points: keep the earliest trial only.
     front, seen = [], set()
     for i in sorted(keep, key=lambda k: (tuple(losses[k]), feasible[k].number)):

@@ -6,12 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 
 # objective -> metric; the accuracy objective reads the retention the study optimises.
-OBJECTIVE_METRICS = {"accuracy": {"top1": "retention", "likelihood": "logprob_retention"},
+OBJECTIVE_METRICS = {"accuracy": {"top1": "retention", "likelihood": "logprob_retention",
+                                  "kl": "kl_retention"},
                      "memory": "memory_bytes", "latency": "latency_s"}
 
 
 def objective_metric(objective: str, accuracy: str = "top1") -> str:
-    """The metric an objective reads (`accuracy`: top1 | likelihood)."""
+    """The metric an objective reads (`accuracy`: top1 | likelihood | kl)."""
     metric = OBJECTIVE_METRICS[objective]
     return metric[accuracy] if isinstance(metric, dict) else metric
 
@@ -29,13 +30,23 @@ class TrialMetrics:
     nominal_bits: float
     retention_low: float | None = None  # 95% bootstrap interval of `retention` over tasks
     retention_high: float | None = None
+    # exp(-mean KL(16-bit || plan)) of the next-token / masked-token distributions (1.0 =
+    # the 16-bit model's), the KL itself, and the 95% bootstrap interval over tasks. None
+    # in records from before the KL proxy.
+    kl_retention: float | None = None
+    kl: float | None = None
+    kl_retention_low: float | None = None
+    kl_retention_high: float | None = None
     latency_s: float | None = None  # seconds per generated sample
     per_token: float | None = None
     per_step: float | None = None
     rest: float | None = None  # latency outside the quantizable layers
 
     def value(self, objective: str, accuracy: str = "top1") -> float:
-        return float(getattr(self, objective_metric(objective, accuracy)))
+        value = getattr(self, objective_metric(objective, accuracy))
+        if value is None:
+            raise ValueError(f"these metrics hold no {objective_metric(objective, accuracy)}")
+        return float(value)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import optuna
+
 from bitfront.config import SCHEMA, Config, setting
+from bitfront.errors import BitfrontError
 from bitfront.models.base import CodeLM
 from bitfront.objectives.latency import Workload, measure_latency_table
 from bitfront.objectives.proxy import AccuracyProxy, ProxyConfig
@@ -17,7 +20,7 @@ from bitfront.objectives.sensitivity import (
 )
 from bitfront.planner.preflight import prepare
 from bitfront.planner.seeds import SeedProblem
-from bitfront.planner.study import PlanSearch, SearchConfig
+from bitfront.planner.study import CONFIG_ATTR, SETTINGS_ATTR, PlanSearch, SearchConfig
 from bitfront.quant.calibration import CalibrationConfig, calibration_set
 from bitfront.quant.candidates import QuantizerSettings, build_candidates
 from bitfront.space.layers import SpaceConfig, group_layers, layer_space
@@ -66,4 +69,21 @@ def build_search(lm: CodeLM, config: SearchConfig, setup: Setup, *, mbpp_source=
                                       show_progress=show_progress)
     proxy = AccuracyProxy(lm, setup.proxy, mbpp_source=mbpp_source)
     return PlanSearch(lm, candidates, proxy, table, sensitivity, config,
-                      settings=search_settings(config, setup))
+                      settings=search_settings(config, setup), mbpp_source=mbpp_source)
+
+
+def search_for_study(study: optuna.Study, *, lm: CodeLM | None = None, device: str | None = None,
+                     mbpp_source=None, show_progress: bool = True) -> PlanSearch:
+    """The `PlanSearch` a stored study was made with: its settings, on its model (loaded by
+    name unless `lm` is given); candidates and sensitivities come from the cache."""
+    from bitfront.models.load import load_model
+
+    settings = study.user_attrs.get(SETTINGS_ATTR)
+    if settings is None:
+        raise BitfrontError(f"study {study.study_name!r} holds no bitfront settings")
+    config = SearchConfig.from_dict(settings["search"])
+    setup = Setup.from_dict(settings["setup"])
+    lm = lm or load_model(study.user_attrs[CONFIG_ATTR]["model_name"], device=device,
+                          show_progress=show_progress)
+    return build_search(lm, config, setup, mbpp_source=mbpp_source,
+                        show_progress=show_progress)

@@ -3,8 +3,10 @@
 For a memory budget B (and optionally a latency cap L) the ILP picks one bitwidth per layer
 group minimising the summed HAWQ sensitivity Σ_g Ω_g(b_g) subject to Σ_g bytes_g(b_g) ≤ B
 (and Σ_g latency_g(b_g) ≤ L), solved exactly with `scipy.optimize.milp` (HiGHS). Seeds are
-the ILP solutions at K budgets spread between the all-lowest and the all-highest plan, plus
-the uniform plans.
+the uniform plans and the ILP solutions where fronts bend: at K budgets spread evenly strictly
+between every adjacent pair of uniform plans (mixed precision pays most between them, and a
+search started from the uniform plans alone leaves those gaps empty), plus any budgets a user
+gives.
 """
 
 from __future__ import annotations
@@ -101,25 +103,40 @@ class SeedProblem:
         return {group: self.choices[k] for group, k in zip(self.groups, picks, strict=True)}
 
 
-def hawq_seeds(problem: SeedProblem, *, k: int = 6, uniform=(2, 3, 4, 8),
-               latency_cap: float | None = None,
-               memory_budget: float | None = None) -> list[Seed]:
-    """Uniform plans, then ILP solutions at `k` budgets spread evenly strictly between the
-    all-lowest and the all-highest plan's memory, or, under a memory budget, up to and
-    including the budget; duplicates dropped."""
+def uniform_memory(problem: SeedProblem, bits: int) -> int:
+    """Total bytes of the plan with every group at `bits` (one of the choices)."""
+    return int(problem.nbytes[:, problem.choices.index(bits)].sum()) + problem.fixed_bytes
+
+
+def seed_budgets(problem: SeedProblem, *, per_gap: int, budgets=(),
+                 memory_budget: float | None = None) -> list[float]:
+    """`per_gap` budgets spread evenly strictly between each adjacent pair of uniform plans
+    of the choices, then `budgets` and `memory_budget` themselves; none above
+    `memory_budget`; ascending."""
+    levels = sorted(uniform_memory(problem, b) for b in problem.choices)
+    out = {float(low + (high - low) * k / (per_gap + 1))
+           for low, high in zip(levels, levels[1:], strict=False) for k in range(1, per_gap + 1)}
+    out |= {float(b) for b in budgets}
+    if memory_budget is not None:
+        out = {b for b in out if b <= memory_budget} | {float(memory_budget)}
+    smallest, _ = problem.memory_range()
+    return sorted(b for b in out if b >= smallest)
+
+
+def hawq_seeds(problem: SeedProblem, *, per_gap: int = 3, uniform=(2, 3, 4, 8),
+               latency_cap: float | None = None, memory_budget: float | None = None,
+               budgets=()) -> list[Seed]:
+    """Uniform plans, then ILP solutions at the budgets of `seed_budgets`; duplicates
+    dropped."""
     seeds: list[Seed] = []
     for bits in uniform:
         if bits in problem.choices:
             seeds.append(Seed(dict.fromkeys(problem.groups, bits), f"uniform-{bits}"))
     problem.check(memory_budget, latency_cap)
-    low, high = problem.memory_range()
-    if memory_budget is not None and memory_budget < high:
-        budgets = np.linspace(low, memory_budget, k + 1)[1:]
-    else:
-        budgets = np.linspace(low, high, k + 2)[1:-1]
-    for budget in budgets:
+    for budget in seed_budgets(problem, per_gap=per_gap, budgets=budgets,
+                               memory_budget=memory_budget):
         try:
-            bits = problem.solve(float(budget), latency_cap)
+            bits = problem.solve(budget, latency_cap)
         except BudgetError:
             continue  # feasible budgets, but not this one together with the latency cap
         seeds.append(Seed(bits, f"ilp-memory-{format_bytes(budget)}"))

@@ -5,9 +5,12 @@ candidates in place → proxy accuracy retention → analytic memory → latency
 table; every metric is recorded on the trial. Objectives: accuracy retention (max), memory
 bytes (min), latency seconds per sample (min), each switchable; memory and latency budgets are
 constraints (`Trial.set_constraint`, Optuna 5's replacement for the deprecated
-`constraints_func`), so samplers and fronts keep to them. NSGA-II by default,
-with its population at least as large as the seed set, so the HAWQ seeds (enqueued first) form
-its first generation; multivariate TPE selectable.
+`constraints_func`), so samplers and fronts keep to them. The HAWQ seeds (uniform plans and ILP
+solutions between each adjacent pair of them) are enqueued first. Samplers: budget-preserving
+moves from the current front (`moves`, see moves.py; the default, chosen by
+benchmarks/bench_front.py), NSGA-II (its population at least as large as the seed set, so the
+seeds form its first generation) and multivariate TPE. Plans evaluated outside the sampler
+(answers refined at a budget, refine.py) are recorded as trials too, with their origin.
 
 Storage is any Optuna storage: a SQLite file by default, a PostgreSQL/MySQL URL for many
 workers on many machines, or a journal file. The study records its configuration; a worker
@@ -32,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from bitfront.config import Config, setting
@@ -41,7 +45,8 @@ from bitfront.objectives.latency import LatencyTable
 from bitfront.objectives.proxy import AccuracyProxy
 from bitfront.objectives.sensitivity import Sensitivity
 from bitfront.paths import default_storage, run_dir
-from bitfront.planner.metrics import TrialMetrics
+from bitfront.planner.metrics import TrialMetrics, objective_metric
+from bitfront.planner.moves import Moves, MoveSampler
 from bitfront.planner.optuna_private import (
     fixed_params,
     join_generation,
@@ -60,12 +65,13 @@ from bitfront.space.plan import BitPlan
 from bitfront.units import parse_bytes, parse_seconds
 
 OBJECTIVES = {"accuracy": "maximize", "memory": "minimize", "latency": "minimize"}
-SAMPLERS = ("nsga2", "tpe")
-ACCURACIES = ("top1", "likelihood")
+SAMPLERS = ("moves", "nsga2", "tpe")
+ACCURACIES = ("top1", "likelihood", "kl")
 CONFIG_ATTR = "bitfront_config"
 SEEDED_ATTR = "bitfront_seeded"
 REQUEUED_ATTR = "bitfront_requeued_seeds"  # seeds run again after their worker died
 TABLE_ATTR = "bitfront_latency_table"
+REFINEMENT_ATTR = "refinement"  # on trials recorded by a refinement at a budget (refine.py)
 SETTINGS_ATTR = "bitfront_settings"  # the versioned JSON of every setting (bitfront/config.py)
 
 
@@ -84,10 +90,14 @@ class SearchConfig(Config):
                             choices=ACCURACIES)
     choices: tuple[int, ...] = setting((2, 3, 4, 8, 16), "bitwidths to choose from")
     grouping: str = setting("linear", "layers sharing one bitwidth", choices=GROUPINGS)
-    sampler: str = setting("nsga2", "Optuna sampler", choices=SAMPLERS)
+    sampler: str = setting("moves", "Optuna sampler: budget-preserving moves from the front, "
+                                    "NSGA-II or TPE", choices=SAMPLERS)
     population: int = setting(16, "NSGA-II population")
     seed: int = setting(0, "sampler seed")
-    ilp_budgets: int = setting(6, "HAWQ ILP seeds at this many memory budgets (0: unseeded)")
+    ilp_budgets: int = setting(3, "HAWQ ILP seeds at this many memory budgets between each "
+                                  "adjacent pair of uniform plans (0: unseeded)")
+    seed_budgets: tuple[int, ...] = setting((), "more ILP seeds at these memory budgets, "
+                                                "e.g. 2.27MiB", parse=parse_bytes)
     cheap_sensitivity: bool = setting(False, "seed from GPTQ's loss instead of Hessian traces")
     memory_budget: int | None = setting(None, "plans above it are infeasible, e.g. 1.2GiB",
                                         parse=parse_bytes)
@@ -106,6 +116,7 @@ class SearchConfig(Config):
         for key in ("trials", "population"):
             self.require(getattr(self, key) > 0, key, "a positive number")
         self.require(self.ilp_budgets >= 0, "ilp_budgets", "a number ≥ 0")
+        self.require(all(b > 0 for b in self.seed_budgets), "seed_budgets", "positive sizes")
         for key in ("memory_budget", "latency_budget"):
             self.require(getattr(self, key) is None or getattr(self, key) > 0, key,
                          "a positive size or duration")
@@ -209,7 +220,7 @@ def storage_lock(url: Storage) -> Iterator[None]:
     if url.startswith("sqlite:///"):
         lock_path = Path(url.removeprefix("sqlite:///") + ".lock")
     elif "://" not in url:
-        lock_path = Path(url + ".lock")
+        lock_path = Path(url + ".bitfront.lock")  # Optuna's journal lock is url + ".lock"
     else:
         yield
         return
@@ -287,8 +298,10 @@ class PlanSearch:
 
     def __init__(self, lm: CodeLM, candidates: Candidates, proxy: AccuracyProxy,
                  table: LatencyTable | None, sensitivity: Sensitivity | None,
-                 config: SearchConfig, settings: dict | None = None):
+                 config: SearchConfig, settings: dict | None = None, mbpp_source=None):
         self.lm, self.candidates, self.proxy = lm, candidates, proxy
+        self.mbpp_source = mbpp_source
+        self._screens: dict[int, AccuracyProxy] = {}
         self.settings = settings
         self.table, self.sensitivity, self.config = table, sensitivity, config
         self.space = candidates.space
@@ -358,15 +371,25 @@ class PlanSearch:
             layer_latency=self.table.layer_seconds if has_table else None,
             fixed_latency=self.table.rest if has_table else 0.0)
 
+    def moves(self, memory_cap: float | None = None, latency_cap: float | None = None
+              ) -> Moves:
+        """Budget-preserving moves within the search's budgets (and the caps given)."""
+        def tighter(a, b):
+            return b if a is None else a if b is None else min(a, b)
+        return Moves(self.seed_problem(),
+                     memory_cap=tighter(memory_cap, self.config.memory_budget),
+                     latency_cap=tighter(latency_cap, self.config.latency_budget))
+
     def seeds(self) -> list[Seed]:
         if self.config.ilp_budgets <= 0:
             return []
         if self.sensitivity is None:
             raise BitfrontError("HAWQ seeds need the sensitivity table")
         uniform = [b for b in (2, 3, 4, 8) if b in self.config.choices]
-        return hawq_seeds(self.seed_problem(), k=self.config.ilp_budgets, uniform=uniform,
-                          latency_cap=self.config.latency_budget,
-                          memory_budget=self.config.memory_budget)
+        return hawq_seeds(self.seed_problem(), per_gap=self.config.ilp_budgets,
+                          uniform=uniform, latency_cap=self.config.latency_budget,
+                          memory_budget=self.config.memory_budget,
+                          budgets=self.config.seed_budgets)
 
     # --- one trial -----------------------------------------------------------------------
 
@@ -384,7 +407,22 @@ class PlanSearch:
                             top1=score.top1, logprob=score.logprob,
                             memory_bytes=memory.total_bytes, avg_bits=memory.avg_bits,
                             nominal_bits=memory.nominal_bits, retention_low=score.retention_low,
-                            retention_high=score.retention_high, **latency)
+                            retention_high=score.retention_high, kl=score.kl,
+                            kl_retention=score.kl_retention,
+                            kl_retention_low=score.kl_retention_low,
+                            kl_retention_high=score.kl_retention_high, **latency)
+
+    def screen_proxy(self, tasks: int) -> AccuracyProxy:
+        """The proxy on `tasks` of its validation tasks, to screen many plans cheaply (built,
+        with its baseline, on first use: the model must be unquantized then)."""
+        if tasks not in self._screens:
+            self._screens[tasks] = AccuracyProxy(self.lm, self.proxy.config.replace(tasks=tasks),
+                                                 mbpp_source=self.mbpp_source)
+        return self._screens[tasks]
+
+    def accuracy(self, score) -> float:
+        """The accuracy the study optimises, from a `ProxyScore` or `TrialMetrics`."""
+        return float(getattr(score, objective_metric("accuracy", self.config.accuracy)))
 
     def objective_values(self, metrics: TrialMetrics) -> list[float]:
         return [metrics.value(o, self.config.accuracy) for o in self.config.objectives]
@@ -398,19 +436,31 @@ class PlanSearch:
             out["latency"] = metrics.latency_s - self.config.latency_budget
         return out
 
-    def objective(self, trial: optuna.Trial, worker: int = 0) -> list[float]:
+    def objective(self, trial: optuna.Trial, worker: int = 0,
+                  storage_url: Storage = "memory") -> list[float]:
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         # The sampler's draws for this trial depend only on the configured seed, the worker and
         # the trials completed so far (not on the process's history), so a killed and resumed
         # search proposes what an uninterrupted one would.
+        sampler = trial.study.sampler
         done = len(trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        mixed = hashlib.sha256(f"{self.config.seed}-{worker}-{done}".encode())
-        reseed(trial.study.sampler, int(mixed.hexdigest()[:8], 16))
-        if isinstance(trial.study.sampler, optuna.samplers.NSGAIISampler):
+        mixed = int(hashlib.sha256(f"{self.config.seed}-{worker}-{done}".encode())
+                    .hexdigest()[:8], 16)
+        if isinstance(sampler, MoveSampler):
+            sampler.reseed(mixed)
+        else:
+            reseed(sampler, mixed)
+        if isinstance(sampler, optuna.samplers.NSGAIISampler):
             # The seeds join the first generation: the population is at least as large as
             # the seed set.
             join_generation(trial)
-        bits = {g: trial.suggest_categorical(g, list(self.config.choices)) for g in self.groups}
+        # Moves skip the plans the study holds: workers draw one at a time, so two workers
+        # never propose the same plan.
+        lock = storage_lock(storage_url) if isinstance(sampler, MoveSampler) \
+            else contextlib.nullcontext()
+        with lock:
+            bits = {g: trial.suggest_categorical(g, list(self.config.choices))
+                    for g in self.groups}
         metrics = self.evaluate(self.plan(bits))
         for key, value in metrics.to_dict().items():
             trial.set_user_attr(key, value)
@@ -420,9 +470,25 @@ class PlanSearch:
             trial.set_user_attr("origin", self.config.sampler)
         return self.objective_values(metrics)
 
+    def record(self, study: optuna.Study, bits: dict[str, int], metrics: TrialMetrics,
+               origin: str) -> optuna.trial.FrozenTrial:
+        """Write a plan a refinement evaluated into the study as a completed trial, with the
+        values, metrics and constraints a sampled trial gets (marked, see `searched`)."""
+        distribution = CategoricalDistribution(list(self.config.choices))
+        study.add_trial(optuna.trial.create_trial(
+            params={g: bits[g] for g in self.groups},
+            distributions=dict.fromkeys(self.groups, distribution),
+            values=self.objective_values(metrics),
+            user_attrs={**metrics.to_dict(), "origin": origin, REFINEMENT_ATTR: True},
+            constraints=self.constraints(metrics) or None))
+        return next(t for t in reversed(study.get_trials(deepcopy=False))
+                    if t.params == bits and t.user_attrs.get("origin") == origin)
+
     # --- the study -----------------------------------------------------------------------
 
     def sampler(self, n_seeds: int, seed: int) -> optuna.samplers.BaseSampler:
+        if self.config.sampler == "moves":
+            return MoveSampler(self.moves(), seed=seed)
         if self.config.sampler == "tpe":
             return optuna.samplers.TPESampler(multivariate=True, seed=seed)
         return optuna.samplers.NSGAIISampler(
@@ -434,7 +500,7 @@ class PlanSearch:
         configured seed, the worker index and the trials completed so far, so parallel workers
         do not replay each other's proposals and a resumed run continues the same sequence."""
         storage = open_storage(storage_url)
-        with storage_lock(storage_url):
+        with storage_lock(storage_url), quiet():
             study = optuna.create_study(
                 storage=storage, study_name=study_name, load_if_exists=True,
                 directions=[OBJECTIVES[o] for o in self.config.objectives])
@@ -482,10 +548,9 @@ class PlanSearch:
 
     def _run(self, storage_url, study_name, n_trials, worker, show_progress) -> optuna.Study:
         study = self.open(storage_url, study_name)
-        done_states = (TrialState.COMPLETE,)
 
         def finished() -> int:
-            return len(study.get_trials(deepcopy=False, states=done_states))
+            return searched(study)
 
         with progress_bar(show=show_progress) as bar:
             task = bar.add_task(f"search {study_name}", total=n_trials,
@@ -494,13 +559,24 @@ class PlanSearch:
             def after_trial(study: optuna.Study, trial) -> None:
                 with storage_lock(storage_url):
                     recover_dead_workers(study)
-                bar.update(task, completed=min(finished(), n_trials),
+                done = finished()
+                bar.update(task, completed=min(done, n_trials),
                            info=f"trial {trial.number} ({trial.user_attrs.get('origin', '')})")
+                if done >= n_trials:
+                    study.stop()
 
             if finished() < n_trials:
-                study.optimize(functools.partial(self.objective, worker=worker), callbacks=[
-                    optuna.study.MaxTrialsCallback(n_trials, states=done_states), after_trial])
+                objective = functools.partial(self.objective, worker=worker,
+                                              storage_url=storage_url)
+                study.optimize(objective, callbacks=[after_trial])
         return study
+
+
+def searched(study: optuna.Study) -> int:
+    """Completed trials of the search itself (seeds and sampled plans; plans recorded by a
+    refinement at a budget do not count towards `trials`)."""
+    return sum(REFINEMENT_ATTR not in t.user_attrs
+               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 POINTER = "study.json"
@@ -516,12 +592,22 @@ def write_pointer(run_dir: Path, storage: str, study_name: str, model: str) -> P
 
 
 def resolve_study(study: str, storage: str | None = None) -> tuple[str, str]:
-    """(storage URL, study name) for a study named by its run directory, or by name (with
-    `storage`, else the default storage of that name)."""
+    """(storage URL, study name) for a study named by its run directory (with `study.json`, or
+    a study run's `search.db` holding one study), or by name (with `storage`, else the default
+    storage of that name)."""
     pointer = Path(study) / POINTER
     if pointer.exists():
         info = json.loads(pointer.read_text())
         return storage or info["storage"], info["study_name"]
+    database = Path(study) / "search.db"
+    if storage is None and database.exists():
+        url = f"sqlite:///{database.resolve()}"
+        names = optuna.get_all_study_names(open_storage(url))
+        if len(names) != 1:
+            raise BitfrontError(f"{database} holds {len(names)} studies "
+                                f"({', '.join(names) or 'none'}): name one, e.g. bitfront best "
+                                f"{names[0] if names else 'NAME'} --storage {url}")
+        return url, names[0]
     if storage is None:
         if not (run_dir("search", study) / "study.db").exists():
             raise BitfrontError(f"no study {study!r}: give its run directory (with {POINTER}) "
@@ -530,9 +616,13 @@ def resolve_study(study: str, storage: str | None = None) -> tuple[str, str]:
     return storage, study
 
 
-def locate_study(study: str, storage: str | None = None) -> optuna.Study:
+def locate_study(study: str, storage: str | None = None) -> tuple[optuna.Study, str]:
+    """The study a user names (see `resolve_study`) and its storage URL."""
     url, name = resolve_study(study, storage)
+    opened = open_storage(url)
     try:
-        return optuna.load_study(study_name=name, storage=open_storage(url))
+        return optuna.load_study(study_name=name, storage=opened), url
     except KeyError as exc:
-        raise BitfrontError(f"no study named {name!r} in {url}") from exc
+        held = optuna.get_all_study_names(opened)
+        raise BitfrontError(f"no study named {name!r} in {_shown(url)}; it holds "
+                            + (", ".join(held) if held else "no study")) from exc

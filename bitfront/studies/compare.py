@@ -64,7 +64,7 @@ def load_front(path: Path) -> RunFront:
         from bitfront.planner.front import SearchResult
         from bitfront.planner.study import locate_study
 
-        result = SearchResult.of(locate_study(str(path)))
+        result = SearchResult.of(*locate_study(str(path)))
         return _run(path.name, result.config.get("family"), result.config,
                     [p.to_dict() for p in result.points])
     raise BitfrontError(f"{path} is not a run: expected search.json (a study's model run) or "

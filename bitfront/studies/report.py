@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import bitfront
-from bitfront.objectives.fidelity import correlations
-from bitfront.planner.front import NoPlanError, best_under, hypervolume
+from bitfront.objectives.fidelity import PROXIES, correlations
+from bitfront.planner.front import hypervolume
 from bitfront.stats import Interval
 from bitfront.studies import plots
 from bitfront.studies.compare import RunFront, _run, common_reference, compare_runs
@@ -31,13 +31,22 @@ def _front_of(result: dict) -> RunFront:
 
 
 def _fidelity(result: dict, bench: str) -> dict:
-    """τ and ρ (with intervals) between proxy retention and pass@1 on `bench` over the
-    uniform, verified and mixed plans."""
+    """τ and ρ (with intervals) between each proxy's retention (`PROXIES`: top-1,
+    likelihood, KL) and pass@1 on `bench` over the uniform, verified and mixed plans; the
+    top-level τ and ρ are top-1 retention's. A proxy some stored row lacks (recorded before
+    it existed) is left out."""
     rows = result["uniform"] + result["verified"] + result.get("mixed", [])
-    tau, rho, note = correlations([r["retention"] for r in rows],
-                                  [r["pass@1"][bench] for r in rows])
-    return {"plans": len(rows), "bench": bench, "kendall_tau": tau and tau.to_dict(),
-            "spearman_rho": rho and rho.to_dict(), "note": note}
+    truth = [r["pass@1"][bench] for r in rows]
+    proxies = {}
+    for name, (_, key) in PROXIES.items():
+        values = [r.get(key) for r in rows]
+        if any(v is None for v in values):
+            continue
+        tau, rho, note = correlations(values, truth)
+        proxies[name] = {"kendall_tau": tau and tau.to_dict(),
+                         "spearman_rho": rho and rho.to_dict(), "note": note}
+    top1 = proxies["top1"]
+    return {"plans": len(rows), "bench": bench, **top1, "proxies": proxies}
 
 
 def no_measurable_loss(low: float | None, high: float | None) -> bool:
@@ -70,53 +79,59 @@ def _interval_text(data: dict | None) -> str:
     return "-" if data is None else str(Interval.from_dict(data))
 
 
-def _budgets(spec: StudySpec, results: list[dict]) -> list[int]:
-    """The spec's budgets, else where quantization starts to bite: the uniform 3-bit size
-    and halfway from there down to the uniform 2-bit size (the larger model's)."""
-    if spec.report.budgets:
-        return list(spec.report.budgets)
-
-    def size(bits: int) -> int | None:
-        sizes = [u["memory_bytes"] for res in results for u in res["uniform"] if u["bits"] == bits]
-        return int(max(sizes)) if sizes else None
-
-    three, two = size(3), size(2)
-    if three is None:
-        return [b for b in (size(4),) if b is not None]
-    return [three] + ([(three + two) // 2] if two is not None else [])
+def _pass_interval(row: dict, bench: str) -> tuple[float, float | None, float | None]:
+    low, high = row.get("pass@1_interval", {}).get(bench, (None, None))
+    return row["pass@1"][bench], low, high
 
 
-def finding(results: list[dict], fronts: list[RunFront], budget: int) -> str:
-    """What each model keeps under `budget` (best plan found, with its interval), and
-    whether the difference between the two lies outside the noise."""
+def finding(results: list[dict], budget: int, bench: str) -> str:
+    """At `budget`: each model's best plan (refined there) with its pass@1 on `bench` beside
+    the uniform plan that fits, and whether the two models' pass@1 differ outside the noise
+    (the proxy is lenient at low bits, so pass@1 decides)."""
     parts, intervals = [], []
-    for result, front in zip(results, fronts, strict=True):
+    for result in results:
         family = result["model"]["family"]
         who = f"{FAMILY_WORDS.get(family, family)} ({result['model']['name']})"
-        try:
-            best = best_under(front.as_points(), memory=budget, accuracy=front.accuracy_key)
-        except NoPlanError:
+        row = next((a for a in result.get("answers", []) if a["budget"] == budget), None)
+        if row is None or row.get("mixed") is None:
             parts.append(f"{who} has no plan that fits")
             continue
-        m = best.metrics
-        interval = (_ci_text(m.retention_low, m.retention_high)
-                    if m.retention_low is not None else "no interval")
-        parts.append(f"{who} shows no measurable loss ({m.retention:.1%} of its 16-bit proxy "
-                     f"accuracy, {interval})"
-                     if no_measurable_loss(m.retention_low, m.retention_high) else
-                     f"{who} keeps {m.retention:.1%} of its 16-bit proxy accuracy ({interval})")
-        intervals.append((m.retention_low, m.retention_high))
-    head, *rest = parts
-    tail = "; ".join(rest)
-    sentence = (f"At ≤ {format_bytes(budget)} of weights, {head}" + (f", {tail}" if tail else "")
-                + " (proxy retention of the best plan found under that budget).")
+        m = row["mixed"]
+        value, low, high = _pass_interval(m, bench)
+        text = (f"{who} reaches {bench} pass@1 {value:.1%}"
+                + (f" [{low:.1%}, {high:.1%}]" if low is not None else "")
+                + f" with its best plan ({m['avg_bits']:.2f} bits/weight, proxy retention "
+                f"{retention_text(m)})")
+        if u := row.get("uniform"):
+            text += f" against {_pass_text(u, bench)} for uniform {u['bits']}-bit"
+        parts.append(text)
+        intervals.append((low, high))
+    sentence = f"At ≤ {format_bytes(budget)} of weights, " + "; ".join(parts) + "."
     if len(intervals) == 2 and None not in (*intervals[0], *intervals[1]):
         (la, ha), (lb, hb) = intervals
-        sentence += (" The difference lies outside the noise (the 95% intervals do not "
-                     "overlap)." if ha < lb or hb < la else
-                     " The difference is inside the noise (the 95% intervals overlap): no "
-                     "finding at this budget.")
+        sentence += (" The pass@1 difference between the two lies outside the noise (the 95% "
+                     "intervals do not overlap)." if ha < lb or hb < la else
+                     " The pass@1 difference between the two is inside the noise (the 95% "
+                     "intervals overlap): no finding at this budget.")
     return sentence
+
+
+def _equal_memory_rows(results: list[dict], bench: str) -> list[list[str]]:
+    """Mixed vs uniform at equal memory: per budget and model, the uniform plan that fits and
+    the best plan refined at the budget."""
+    rows = []
+    for result in results:
+        for answer in result.get("answers", []):
+            budget = format_bytes(answer["budget"])
+            for kind, row in (("uniform", answer.get("uniform")), ("mixed", answer.get("mixed"))):
+                if row is None:
+                    continue
+                plan = (f"uniform {row['bits']}-bit" if kind == "uniform" else
+                        f"trial {row['trial']} ({row['origin']})")
+                rows.append([budget, result["label"], plan, format_bytes(row["memory_bytes"]),
+                             f"{row['avg_bits']:.2f}", retention_text(row),
+                             _pass_text(row, bench)])
+    return rows
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -129,9 +144,9 @@ def _latency(row: dict) -> str:
     return f"{row['latency_s']:.4g}" if "latency_s" in row else "-"
 
 
-def write_report(spec: StudySpec, run_dir: Path, results: list[dict]) -> Path:
+def write_report(spec: StudySpec, run_dir: Path, results: list[dict], budgets: list[int]
+                 ) -> Path:
     fronts = [_front_of(r) for r in results]
-    budgets = _budgets(spec, results)
     plot_dir = run_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
     figures = {
@@ -181,9 +196,9 @@ def write_report(spec: StudySpec, run_dir: Path, results: list[dict]) -> Path:
             "knee": r["search"]["knee"], "front": r["search"]["front"],
             "trials": len(r["search"]["points"]),
             "fidelity": _fidelity(r, spec.verify.benches[0]),
-            "exports": r["exports"],
+            "exports": r["exports"], "answers": r["answers"],
         }
-    sentences = [finding(results, fronts, b) for b in budgets]
+    sentences = [finding(results, b, spec.verify.benches[0]) for b in budgets]
     report = {"schema": SCHEMA, "study": spec.name, "bitfront": bitfront.__version__,
               "spec": spec.to_dict(), "models": models, "comparison": comparison,
               "common_reference": common, "budgets": budgets, "findings": sentences,
@@ -258,6 +273,16 @@ def _markdown(spec: StudySpec, results: list[dict], report: dict) -> str:
                        ("fronts_bits", "average bits")):
         if key in report["plots"]:
             out += [f"![retention vs {title}]({report['plots'][key]})", ""]
+    bench, limit = benches[0], spec.verify.equal_memory_limit
+    out += ["## Mixed vs uniform at equal memory", "",
+            "At each report budget, the largest uniform plan that fits and the best plan "
+            "bitfront answers with (the ILP at the budget refined by a local search that keeps "
+            f"within it), with {bench} pass@1 on "
+            + (f"its first {limit} test tasks" if limit else "all its test tasks")
+            + " and 95% bootstrap intervals over the tasks. The proxy is lenient at low bits: "
+            "the pass@1 column decides.", ""]
+    out += [_table(["budget", "model", "plan", "memory", "bits/weight", "proxy retention",
+                    f"{bench} pass@1"], _equal_memory_rows(results, bench)), ""]
     out += ["## Verified front", "",
             "Front plans (the knee, then spread by memory) evaluated with full pass@1.", ""]
     rows = [[r["label"], str(v["trial"]), v["origin"], format_bytes(v["memory_bytes"]),
@@ -267,13 +292,15 @@ def _markdown(spec: StudySpec, results: list[dict], report: dict) -> str:
     out += [_table(["model", "trial", "origin", "memory", "bits/weight", "latency s",
                     "proxy retention", *(f"{b} pass@1" for b in benches)], rows), ""]
     out += ["## Proxy fidelity", "",
-            f"Kendall τ and Spearman ρ between proxy retention and {benches[0]} pass@1 over "
+            f"Kendall τ and Spearman ρ between each proxy's retention (top-1 accuracy, "
+            f"likelihood, KL to the 16-bit distributions) and {benches[0]} pass@1 over "
             "the uniform, verified and random mixed plans, with 95% bootstrap intervals over "
             "the plans.", ""]
-    rows = [[label, str(m["fidelity"]["plans"]), _interval_text(m["fidelity"]["kendall_tau"]),
-             _interval_text(m["fidelity"]["spearman_rho"]), m["fidelity"]["note"]]
-            for label, m in report["models"].items()]
-    out += [_table(["model", "plans", "Kendall τ", "Spearman ρ", "note"], rows), ""]
+    rows = [[label, proxy, str(m["fidelity"]["plans"]), _interval_text(c["kendall_tau"]),
+             _interval_text(c["spearman_rho"]), c["note"]]
+            for label, m in report["models"].items()
+            for proxy, c in m["fidelity"].get("proxies", {"top1": m["fidelity"]}).items()]
+    out += [_table(["model", "proxy", "plans", "Kendall τ", "Spearman ρ", "note"], rows), ""]
     if report["comparison"]:
         c = report["comparison"]
         a, b = c["runs"]

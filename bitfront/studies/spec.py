@@ -5,8 +5,8 @@ names the file and the key.
 A spec is a `StudySpec`: a composition of the same config dataclasses the command line and
 the Python API build (bitfront/config.py). Sections: `models` (label = model name, e.g.
 diffusion = "pocket-diffusion"), `quantizer`, `space`, `calibration`, `sensitivity`, `proxy`,
-`latency`, `search`, `evaluation` (with `evaluation.diffusion`), `verify`, `report`; see
-studies/pocket.toml for every key.
+`latency`, `search`, `evaluation` (with `evaluation.diffusion`), `verify`, `refine`,
+`report`; see studies/pocket.toml for every key.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from bitfront.errors import BitfrontError
 from bitfront.evaluators.harness import BENCHES, EvalConfig
 from bitfront.paths import read_cached
 from bitfront.planner.pipeline import Setup
+from bitfront.planner.refine import RefineConfig
 from bitfront.planner.study import SearchConfig
 from bitfront.units import parse_bytes
 
@@ -43,6 +44,8 @@ class VerifyConfig(Config):
     front: int = setting(4, "front plans verified with full pass@1 (the knee first)")
     mixed: int = setting(8, "random mixed plans over the memory range, verified on the "
                             "first benchmark for the proxy's fidelity table")
+    equal_memory_limit: int | None = setting(None, "tasks of the first benchmark for the "
+                                                   "mixed-vs-uniform table (default: all)")
 
     def __post_init__(self):
         self.require(bool(self.benches) and set(self.benches) <= set(BENCHES), "benches",
@@ -54,12 +57,16 @@ class VerifyConfig(Config):
                      "bits from 2, 3, 4, 8, 16")
         self.require(self.front >= 0, "front", "a number ≥ 0")
         self.require(self.mixed >= 0, "mixed", "a number ≥ 0")
+        self.require(self.equal_memory_limit is None or self.equal_memory_limit > 0,
+                     "equal_memory_limit", "a positive task count")
 
 
 @dataclass(frozen=True)
 class ReportConfig(Config):
-    budgets: tuple[int, ...] = setting((), "memory budgets for the finding (default: the "
-                                           "uniform 3-bit size and halfway down to 2-bit)",
+    budgets: tuple[int, ...] = setting((), "memory budgets for the finding and the "
+                                           "mixed-vs-uniform table, each answered by a "
+                                           "refinement there (default: the uniform 3-bit size "
+                                           "and halfway down to 2-bit)",
                                        parse=parse_bytes)
 
 
@@ -77,6 +84,7 @@ class StudySpec(Setup):
     search: SearchConfig = setting(factory=SearchConfig)
     evaluation: EvalConfig = setting(factory=EvalConfig)
     verify: VerifyConfig = setting(factory=VerifyConfig)
+    refine: RefineConfig = setting(factory=RefineConfig)
     report: ReportConfig = setting(factory=ReportConfig)
 
     def __post_init__(self):
@@ -142,16 +150,18 @@ def load_spec(path_or_name: str | Path) -> StudySpec:
 
 # Stages of a model's run and the spec sections (or keys) each depends on; their outputs are
 # keyed by model, these and STAGE_FORMAT, which changes when a stage's output does.
-STAGE_FORMAT = 6
+STAGE_FORMAT = 7
 SETUP_KEYS = ("device", "mbpp", "quantizer", "space", "calibration", "sensitivity", "proxy",
               "latency")
+ANSWERED = (*SETUP_KEYS, "search", "evaluation", "verify", "refine", "report")
 STAGES: dict[str, tuple[str, ...]] = {
     "model": (),
     "sensitivity": (*SETUP_KEYS, "search.ilp_budgets"),
     "uniform": (*SETUP_KEYS, "search", "evaluation", "verify"),
     "search": (*SETUP_KEYS, "search"),
-    "verified": (*SETUP_KEYS, "search", "evaluation", "verify"),
-    "exports": (*SETUP_KEYS, "search", "evaluation", "verify"),
+    "answers": ANSWERED,  # refinement at the report's budgets (trials join the search)
+    "verified": ANSWERED,
+    "exports": ANSWERED,
     "mixed": (*SETUP_KEYS, "search.seed", "evaluation", "verify"),
 }
 
