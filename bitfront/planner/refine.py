@@ -232,11 +232,11 @@ def answer(study: optuna.Study, storage_url: Storage, *, memory: int | None = No
         raise NoPlanError(f"no plan within budget; the smallest is "
                           f"{format_bytes(min(smallest))} ({lowest})")
     if (record := refined(study, memory, latency)) is not None:
-        return Answer(best_recorded(SearchResult.of(study), memory, latency), "recorded",
+        return Answer(best_recorded(result, memory, latency), "recorded",
                       f"refined at this budget before ({record['evaluations']} evaluations)",
                       record)
     if reason := cannot_refine(study, storage_url, config):
-        return Answer(best_recorded(SearchResult.of(study), memory, latency), "lookup",
+        return Answer(best_recorded(result, memory, latency), "lookup",
                       f"a lookup among the study's trials: {reason}")
     search = open_search()
     study = search.open(storage_url, study.study_name)
