@@ -1,16 +1,22 @@
 """The sandbox against hostile programs: containment, verdicts no program can forge, an
-evaluation no answer can crash or stall; values crossing by value; the unsafe opt-out."""
+evaluation no answer can crash or stall; values crossing by value; the unsafe opt-out. The
+hostile suite runs as the user running the tests and, when that is root (as in CI), as nobody
+too (`user`)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +31,72 @@ LEAK = f"bitfront-leak-{os.getpid()}"
 LIMITS = Limits(timeout=3.0, cpu_seconds=3, memory_bytes=(512 << 20) + os.getpid(),
                 file_bytes=4 << 20, scratch_bytes=16 << 20)
 SHADOW_ROOT = "root:"  # how /etc/shadow's first line starts
+REPO = Path(__file__).resolve().parent.parent
+NOBODY = 65534
+# Runs programs as nobody: the spec (limits, programs) on stdin, the outcomes on stdout.
+DRIVER = ("import json, sys\nfrom bitfront.evaluators.sandbox import Limits, Program, "
+          "run_programs\nspec = json.load(sys.stdin)\noutcomes = run_programs([Program(**p) "
+          "for p in spec['programs']], limits=Limits(**spec['limits']))\n"
+          "json.dump([o.to_dict() for o in outcomes], sys.stdout)")
+
+
+@functools.cache
+def as_nobody() -> tuple[tuple[str, ...], str]:
+    """The command that runs Python with bitfront's sandbox as nobody (setpriv, and an
+    interpreter of at least 3.11 that nobody can run and bind into the sandbox: this one, else
+    the system's), or () and why there is none."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return (), "setpriv (util-linux) is missing"
+    drop = (setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--")
+    check = ("import sys\nassert sys.version_info >= (3, 11)\n"
+             "from bitfront.evaluators.sandbox import require_sandbox\n"
+             "require_sandbox('bubblewrap')")
+    tried = []
+    for python in dict.fromkeys((sys.executable,
+                                 shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin"))):
+        if python is None:
+            continue
+        command = (*drop, python, "-S", "-B")
+        found = subprocess.run([*command, "-c", check], env=nobody_env(), cwd="/",
+                               capture_output=True, text=True, check=False)
+        if found.returncode == 0:
+            return command, ""
+        tried.append(f"{python}: {(found.stderr.strip().splitlines() or ['?'])[-1]}")
+    return (), f"nobody can run no Python >= 3.11 with bitfront here ({'; '.join(tried)})"
+
+
+def nobody_env() -> dict[str, str]:
+    """The few variables nobody's Python gets: bitfront from this checkout."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
+            "LANG": "C.UTF-8"}
+
+
+@pytest.fixture(params=["this user", "nobody"])
+def user(request) -> str:
+    """Who runs the sandbox: the user running the tests, or nobody where that is root."""
+    if request.param == "nobody":
+        if os.getuid() != 0:
+            pytest.skip("the tests run as an unprivileged user already")
+        if not as_nobody()[0]:
+            pytest.skip(as_nobody()[1])
+    return request.param
+
+
+def run_as(user: str, programs: list[Program], limits: Limits) -> list[sandbox.Outcome]:
+    """run_programs, in this process or, for nobody, in a Python of nobody's (DRIVER)."""
+    if user == "this user":
+        return run_programs(programs, limits=limits)
+    spec = json.dumps({"limits": asdict(limits), "programs": [asdict(p) for p in programs]})
+    done = subprocess.run([*as_nobody()[0], "-c", DRIVER], input=spec, env=nobody_env(),
+                          cwd="/", capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return [sandbox.Outcome(**outcome) for outcome in json.loads(done.stdout)]
+
+
+def capped(user: str) -> bool:
+    """Whether a sandbox's threads are capped when `user` runs it."""
+    return user == "nobody" or bool(sandbox._pids_cgroups()) or sandbox._nproc_binds()
 
 
 @pytest.fixture
@@ -106,11 +178,17 @@ def sysv_ipc() -> set[tuple[str, str, str]]:
 
 
 def leftovers() -> set[Path]:
+    """Temporary directories, files the programs tried to leave, this process's cgroups."""
+    cgroups = sandbox._pids_cgroups()
     return {*Path(tempfile.gettempdir()).glob("bitfront-sandbox-*"),
-            *(p for d in ("/tmp", "/run/lock", "/var/lock") for p in Path(d).glob(f"{LEAK}*"))}
+            *(p for d in ("/tmp", "/run/lock", "/var/lock") for p in Path(d).glob(f"{LEAK}*")),
+            *(Path(cgroups).glob(f"bitfront-{os.getpid()}-*") if cgroups else ())}
 
 
 _LIBC = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+THREAD_BOMB = ("import threading, time\nwhile True:\n"
+               "    threading.Thread(target=time.sleep, args=(60,)).start()")
+FILES = "for i in range(100000):\n    open(f'f{i}', 'w').close()"
 
 
 def device_modes() -> dict[str, int]:
@@ -135,7 +213,8 @@ def hostile_programs(victim: Path, secret: Path, sockets: dict) -> dict[str, tup
         "delete outside": (f"import os\nos.remove({str(target)!r})", {"failed"}, ""),
         "network": (f"import socket\nsocket.create_connection(('127.0.0.1', "
                     f"{sockets['port']}), timeout=2)", {"failed"}, "Errno"),
-        # Its parent is the sandbox's PID 1, which ignores signals from inside.
+        # It is the sandbox's PID 1: its parent is outside (getppid() is 0, and kill(0, ...)
+        # signals its own group), and its own signals do not end it.
         "kill parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", {"passed"},
                         ""),
         "kill evaluator": (f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)",
@@ -223,18 +302,34 @@ def hostile_programs(victim: Path, secret: Path, sockets: dict) -> dict[str, tup
                                   + "os._exit(0)", {"crashed"}, "malformed"),
         "3000-deep directory tree": ("import os\nfor _ in range(3000):\n    os.mkdir('d')\n"
                                      "    os.chdir('d')", {"passed"}, ""),
+        "thread bomb": (THREAD_BOMB, {"failed"}, "can't start new thread"),
+        "100k empty files": (FILES, {"crashed"}, "No space left on device"),
+        "100k hard links": ("import os\nopen('f', 'w').close()\nfor i in range(100000):\n"
+                            "    os.link('f', f'l{i}')", {"crashed"}, "No space left on device"),
+        "remount /tmp unbounded": (_LIBC + "if libc.mount(None, b'/tmp', None, 32, "
+                                   "b'nr_inodes=0,size=0') < 0:  # MS_REMOUNT\n"
+                                   "    raise OSError(ctypes.get_errno(), 'mount')",
+                                   {"failed"}, "PermissionError"),
+        "a user namespace": (_LIBC + "if libc.unshare(0x10000000) < 0:  # CLONE_NEWUSER\n"
+                             "    raise OSError(ctypes.get_errno(), 'unshare')", {"failed"},
+                             "PermissionError"),
+        "SIGXCPU itself": ("import os, signal\nos.kill(os.getpid(), signal.SIGXCPU)", {"passed"},
+                           ""),
     }
 
 
-def test_hostile_programs_are_contained_and_classified(victim, secret, listeners):
+def test_hostile_programs_are_contained_and_classified(victim, secret, listeners, user):
+    """Every attack, as this user; as nobody, all but those that only run out the clock."""
     sockets, accepted = listeners
     secret_path, marker = secret
     before, ipc, left, modes = snapshot(victim), sysv_ipc(), leftovers(), device_modes()
-    programs = hostile_programs(victim, secret_path, sockets)
+    programs = {name: entry for name, entry in hostile_programs(victim, secret_path,
+                                                                 sockets).items()
+                if user == "this user" or entry[1] != {"timeout"}}
     processes_before = sandbox_processes()
     start = time.monotonic()
-    outcomes = run_programs([Program(code, ("assert True",)) for code, _, _ in
-                             programs.values()], limits=LIMITS, workers=2)
+    outcomes = run_as(user, [Program(code, ("assert True",)) for code, _, _ in
+                             programs.values()], LIMITS)
     elapsed = time.monotonic() - start
     for (name, (_, expected, text)), outcome in zip(programs.items(), outcomes, strict=True):
         assert outcome.status in expected and text in outcome.detail, (name, outcome)
@@ -250,18 +345,23 @@ def test_hostile_programs_are_contained_and_classified(victim, secret, listeners
 
 
 def test_inside_the_sandbox():
-    """A fresh /proc with two processes (bwrap's PID 1 and the jail), no capabilities, no
-    further user namespaces, a private hostname, no host files but the runtime."""
+    """A fresh /proc with one process (the jail, PID 1), no capabilities, a private hostname,
+    no host files but the runtime, /tmp a tmpfs bounded in bytes and in inodes."""
     code = ("import os, socket\npids = sorted(p for p in os.listdir('/proc') if p.isdigit())\n"
             "status = open('/proc/self/status').read()\nhost = socket.gethostname()\n"
-            "top = sorted(os.listdir('/'))\netc = os.path.exists('/etc/passwd')")
-    tests = ("assert len(pids) == 2", "assert 'CapEff:\\t0000000000000000' in status",
+            "top = sorted(os.listdir('/'))\netc = os.path.exists('/etc/passwd')\n"
+            "tmp = [line.split(' - ')[1] for line in open('/proc/self/mountinfo') "
+            "if line.split()[4] == '/tmp']")
+    tests = ("assert pids == ['1']", "assert 'CapEff:\\t0000000000000000' in status",
+             "assert 'CapPrm:\\t0000000000000000' in status",
              "assert 'CapBnd:\\t0000000000000000' in status", "assert host == 'sandbox'",
+             f"assert tmp[-1].startswith('tmpfs tmpfs rw,size={LIMITS.scratch_bytes >> 10}k,"
+             f"nr_inodes={LIMITS.scratch_files},'), tmp",
              "assert set(top) <= {'bitfront', 'dev', 'lib', 'lib64', 'proc', 'root', 'tmp', "
              "'usr'}",
              "assert not etc")
     outcome = run_program(Program(code, tests, crosses=("pids", "status", "host", "top",
-                                                        "etc")), LIMITS)
+                                                        "etc", "tmp")), LIMITS)
     assert outcome.passed, outcome
 
 
@@ -437,8 +537,8 @@ def test_unsafe_opt_out_still_judges_and_cleans_up(tmp_path):
 
 
 def test_nothing_of_the_evaluators_environment_is_inside(monkeypatch):
-    """A canary in the evaluator's environment is in no process's environment inside (bwrap's
-    PID 1 included), and reaches neither the verdict nor stderr; inside there is only the
+    """A canary in the evaluator's environment is in no process's environment inside, and
+    reaches neither the verdict nor stderr; inside there is only the
     sandbox's own minimal environment."""
     canary = f"bitfront-canary-{os.urandom(8).hex()}"
     monkeypatch.setenv("BITFRONT_CANARY", canary)
@@ -449,7 +549,7 @@ def test_nothing_of_the_evaluators_environment_is_inside(monkeypatch):
             "print(envs, os.environ, file=sys.stderr)\n")
     tests = (f"assert not [e for e in envs if {canary!r} in e], [e for e in envs if "
              f"{canary!r} in e]",
-             "assert len(envs) == 3 and all(set(e.split('\\0')) - {''} <= {'LANG=C.UTF-8', "
+             "assert len(envs) == 2 and all(set(e.split('\\0')) - {''} <= {'LANG=C.UTF-8', "
              "'HOME=/tmp', 'PYTHONHASHSEED=0', 'PWD=/tmp'} for e in envs), envs")
     outcome = run_program(Program(code, tests, crosses=("envs",)), LIMITS)
     assert canary not in outcome.detail + outcome.stderr_tail
@@ -457,8 +557,9 @@ def test_nothing_of_the_evaluators_environment_is_inside(monkeypatch):
 
 
 def test_limits_bind_the_sandboxs_pid_1_and_replies_are_capped_before_parsing():
-    """bwrap (so the sandbox's PID 1) runs under the program's address-space, CPU, file-size
-    and descriptor limits; a reply over wire.MAX_REPLY is refused unread."""
+    """The sandbox's PID 1 (the jail, started by a bwrap under the same limits) runs under the
+    program's address-space and descriptor limits; a reply over wire.MAX_REPLY is refused
+    unread."""
     code = ("def limits():\n    return open('/proc/1/limits').read()\n\n"
             "def big():\n    return 'x' * (2 << 20)\n")
     memory = LIMITS.memory_bytes
@@ -471,3 +572,126 @@ def test_limits_bind_the_sandboxs_pid_1_and_replies_are_capped_before_parsing():
                             limits=LIMITS)
     assert outcomes[0].passed, outcomes[0]
     assert outcomes[1].status == "crashed" and "byte limit" in outcomes[1].detail, outcomes[1]
+
+
+COUNTED_THREADS = ("import _thread, threading, time\nthreading.stack_size(1 << 16)\nn = 0\n"
+                   "try:\n    while n < 1000:  # its own bound, should the cap not hold\n"
+                   "        _thread.start_new_thread(time.sleep, (60,))\n        n += 1\n"
+                   "except RuntimeError:\n    pass\n")
+
+
+def test_threads_stop_at_the_cap_whoever_runs_the_sandbox(user):
+    """Raw threads stop at `processes` tasks in all, for root too (a pids cgroup per sandbox);
+    a thread bomb fails; the evaluation goes on; nothing of them is left on the host."""
+    if not capped(user):
+        pytest.skip("root without a pids cgroup: threads are bounded by memory only (warned)")
+    left, processes = leftovers(), sandbox_processes()
+    programs = [Program(COUNTED_THREADS, (f"assert 0 < n < {LIMITS.processes}, n",),
+                        crosses=("n",)),
+                Program(THREAD_BOMB, ("assert True",)),
+                Program("def f():\n    return 1", ("assert f() == 1",), "f")]
+    counted, bombed, after = run_as(user, programs, LIMITS)
+    assert counted.passed, counted
+    assert bombed.status == "failed" and "can't start new thread" in bombed.detail, bombed
+    assert after.passed, after
+    assert leftovers() == left and sandbox_processes() - processes == set()
+
+
+def test_scratch_space_is_bounded_in_files_and_bytes(user):
+    """100k empty files stop at `scratch_files` (each costs the kernel memory however small),
+    /tmp stops at `scratch_bytes`; both end as a resource limit, and the evaluation goes on."""
+    limits = replace(LIMITS, scratch_files=4096)
+    counted = ("n, error = 0, ''\ntry:\n    while n < 100000:\n"
+               "        open(f'f{n}', 'w').close()\n        n += 1\n"
+               "except OSError as exc:\n    error = str(exc)\n")
+    programs = [Program(counted, ("assert 4000 < n < 4096 and 'No space left' in error, "
+                                  "(n, error)",), crosses=("n", "error")),
+                Program(FILES, ("assert True",)),
+                Program("for i in range(8):\n    open(f'b{i}', 'wb').write(b'x' * (3 << 20))",
+                        ("assert True",)),
+                Program("def f():\n    return 1", ("assert f() == 1",), "f")]
+    counted, files_out, bytes_out, after = run_as(user, programs, limits)
+    assert counted.passed, counted
+    for outcome in (files_out, bytes_out):
+        assert outcome.status == "crashed" and "No space left on device" in outcome.detail, outcome
+        assert "resource limit" in outcome.detail
+    assert after.passed, after
+
+
+def test_only_the_host_says_timeout():
+    """A program cannot make its outcome a timeout: the signals a CPU limit sends, sent by
+    itself, do not end it (it is the sandbox's PID 1), and it cannot set a CPU limit of its
+    own; a timeout is the host's CPU limit, on the CPU time the kernel counted (or the host's
+    wall clock)."""
+    limits = replace(LIMITS, cpu_seconds=2, timeout=30.0)
+    programs = {
+        "spin": ("while True:\n    pass", "timeout", "CPU time exceeded 2 s"),
+        "SIGXCPU itself": ("import os, signal\nos.kill(os.getpid(), signal.SIGXCPU)", "passed",
+                           ""),
+        "SIGKILL itself": ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "passed",
+                           ""),
+        "spin a little, then SIGXCPU": ("import os, signal, time\nwhile time.process_time() < "
+                                        "0.5:\n    pass\nos.kill(os.getpid(), signal.SIGXCPU)",
+                                        "passed", ""),
+        "a CPU limit of its own": ("import resource\nassert resource.getrlimit("
+                                   "resource.RLIMIT_CPU) == (2, 2)\nresource.setrlimit("
+                                   "resource.RLIMIT_CPU, (1, 1))\nwhile True:\n    pass",
+                                   "failed", "not allowed"),  # lowering it: EPERM
+    }
+    outcomes = run_programs([Program(code, ("assert True",)) for code, _, _ in
+                             programs.values()], limits=limits)
+    for (name, (_, status, text)), outcome in zip(programs.items(), outcomes, strict=True):
+        assert outcome.status == status and text in outcome.detail, (name, outcome)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root is exempt from RLIMIT_NPROC")
+def test_root_without_a_pids_cgroup_is_told_threads_are_uncapped():
+    """Where root can make no pids cgroup (here: a private mount namespace without the cgroup
+    file systems), the sandbox still runs and says so in one line."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is missing")
+    code = ("import json, warnings\nfrom bitfront.evaluators import sandbox\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n    sandbox.require_sandbox('bubblewrap')\n"
+            "print(json.dumps([sandbox._pids_cgroups(), [str(w.message) for w in caught]]))")
+    done = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c",
+                           'umount -R /sys/fs/cgroup; exec "$0" -c "$1"', sys.executable, code],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    cgroups, messages = json.loads(done.stdout)
+    assert cgroups == "" and len(messages) == 1 and "\n" not in messages[0], messages
+    assert "bounded by its memory only" in messages[0]
+
+
+def populated(cgroups) -> bool:
+    """Whether any of these cgroups (which may go meanwhile) holds a task."""
+    for cgroup in cgroups:
+        with contextlib.suppress(FileNotFoundError):
+            if (cgroup / "cgroup.procs").read_text().strip():
+                return True
+    return False
+
+
+def test_the_cgroups_of_a_killed_evaluator_are_removed_by_the_next():
+    """A killed evaluator leaves its sandbox's cgroup behind, emptied as the sandbox dies with
+    it; the next evaluator removes it."""
+    parent = sandbox._pids_cgroups()
+    if not parent:
+        pytest.skip("no pids cgroup can be made here")
+    code = ("from bitfront.evaluators.sandbox import Program, run_program\n"
+            "run_program(Program('import time\\ntime.sleep(60)', ('assert True',)))")
+    evaluator = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    mine, deadline = f"bitfront-{evaluator.pid}-*", time.monotonic() + 30
+    while not populated(Path(parent).glob(mine)):
+        assert time.monotonic() < deadline and evaluator.poll() is None
+        time.sleep(0.05)
+    evaluator.kill()
+    evaluator.wait()
+    left = list(Path(parent).glob(mine))
+    while populated(left):  # the sandbox dies with its evaluator
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    subprocess.run([sys.executable, "-c", "from bitfront.evaluators import sandbox\n"
+                    "sandbox._pids_cgroups()"], cwd=REPO, check=True)
+    assert left and not any(d.exists() for d in left)

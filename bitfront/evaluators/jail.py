@@ -1,8 +1,11 @@
 """Inside the sandbox: holds the candidate's program and objects and answers the judge.
 
 Started by sandbox.py as `python -S -s -B jail.py LIMITS` (under bubblewrap), with stdin and
-stdout the channel from and to the judge and stderr a capped pipe. It sets its rlimits, moves
-the channel off fds 0 and 1 (stdin then reads, and print() writes, /dev/null), and serves:
+stdout the channel from and to the judge and stderr a capped pipe. Under bubblewrap it first
+mounts its scratch space, a tmpfs bounded in bytes and in files, at /tmp (bubblewrap 0.8 cannot
+bound a tmpfs's inodes) and drops the two capabilities bubblewrap left it for that, for good.
+It sets its rlimits, moves the channel off fds 0 and 1 (stdin then reads, and print() writes,
+/dev/null), and serves:
 `["load", code]` runs the program; `["lookup", names]` gives the values those names have in
 it; `["call", h, args, kwargs]`, `["getattr", h, name]` and `["setattr", h, name, value]` use
 the object handle h names. Replies are `["ok", value]` or `["error", type, message, errno]`.
@@ -12,12 +15,39 @@ ever change the values the judge receives. Standard library only.
 """
 
 import builtins
+import ctypes
 import json
 import os
 import resource
 import sys
 
 import wire
+
+_MS_NOSUID, _MS_NODEV = 2, 4
+_PR_CAPBSET_READ, _PR_CAPBSET_DROP = 23, 24
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def scratch(size: int, files: int) -> None:
+    """Mount a fresh tmpfs of `size` bytes and at most `files` inodes at /tmp and make it the
+    working directory, then drop every capability: the bounding set (CAP_SETPCAP), then the
+    effective, permitted and inheritable sets (the ambient set follows). No new privileges
+    (bubblewrap's) keeps them from coming back through exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(result: int, what: str) -> None:
+        if result < 0:
+            raise OSError(ctypes.get_errno(), f"the jail could not {what}")
+
+    options = f"size={size},nr_inodes={files},mode=0755".encode()
+    check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, options), "mount /tmp")
+    os.chdir("/tmp")
+    cap = 0
+    while libc.prctl(_PR_CAPBSET_READ, cap, 0, 0, 0) >= 0:  # up to the last one there is
+        check(libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), "drop its bounding set")
+        cap += 1
+    header, sets = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0), (ctypes.c_uint32 * 6)()
+    check(libc.capset(header, sets), "drop its capabilities")
 
 
 def _describe(exc: BaseException) -> list:
@@ -66,6 +96,8 @@ def serve(inbox: int, outbox: int) -> None:
 
 def main() -> None:
     limits = json.loads(sys.argv[1])
+    if "scratch" in limits:
+        scratch(*limits.pop("scratch"))
     sys.setrecursionlimit(limits.pop("recursion"))
     for name, (soft, hard) in limits.items():
         resource.setrlimit(getattr(resource, name), (soft, hard))

@@ -27,8 +27,8 @@ import sys
 import wire
 
 _EXHAUSTION = {"MemoryError", "RecursionError", "BlockingIOError"}
-_EXHAUSTION_ERRNOS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.EFBIG,
-                      errno.EPIPE}  # EPIPE: its stderr went over the cap
+_EXHAUSTION_ERRNOS = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.EFBIG, errno.ENOSPC,
+                      errno.EPIPE}  # EPIPE: its stderr went over the cap; ENOSPC: its /tmp
 _CONTROL_FLOW = {"StopIteration", "StopAsyncIteration"}  # would end a test's loop quietly
 
 

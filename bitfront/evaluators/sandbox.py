@@ -3,19 +3,25 @@
 Each program takes two processes, started together and joined by two pipes:
 
 - the jail (`jail.py`), under bubblewrap (`bwrap`): new user, PID, network, IPC, UTS and cgroup
-  namespaces, and no further user namespaces inside; all capabilities dropped; a new session;
-  killed with its parent. Its root holds only, read-only: the Python runtime (the interpreter,
+  namespaces, and no further namespaces inside (seccomp); no capabilities; a new session;
+  killed with its parent. It is the sandbox's PID 1 and only process (`--as-pid-1`: no init of
+  bubblewrap's inside), so its own signals cannot end it, and bwrap, which reaps it, reports its
+  CPU time to the host. Its root holds only, read-only: the Python runtime (the interpreter,
   its standard library and libpython; the shared libraries of /usr/lib), the two files of ours
   it runs, a fresh /proc, and /dev/null, /dev/zero and /dev/urandom; /tmp is an empty tmpfs of
-  `scratch_bytes`, its working directory and the only writable place. No host /run, /tmp,
+  `scratch_bytes` and `scratch_files` inodes, its working directory and the only writable
+  place (the jail mounts it itself, with the two capabilities bubblewrap leaves it for that
+  alone, then drops them: bubblewrap 0.8 cannot bound a tmpfs's inodes). No host /run, /tmp,
   sockets or other devices, and nothing of the evaluator's environment: bubblewrap itself is
-  started with the sandbox's own few variables (its PID 1's /proc/1/environ is readable
-  inside). A seccomp filter (`_seccomp_filter`) refuses new processes (threads are allowed),
-  SysV IPC objects and memfds, which no rlimit would bound, and ptrace and its kin (PID 1 is
-  bubblewrap's), file modes, attributes and times, and file locks. Run by root, bubblewrap
-  maps the sandbox's user to root itself (without capabilities): RLIMIT_NPROC does not bind
-  root (threads are then bounded by memory only), root owns the host's device nodes bound in
-  (hence no chmod), and root may write /proc/sys even so, hence the read-only /proc.
+  started with the sandbox's own few variables. A seccomp filter (`_seccomp_filter`) refuses
+  new processes (threads are allowed), SysV IPC objects and memfds, which no rlimit would
+  bound, ptrace and its kin, file modes, attributes and times, and file locks. Its threads are
+  capped at `processes` tasks by a pids cgroup of its own where this process can make one
+  (`_pids_cgroups`), else by RLIMIT_NPROC, which binds every user but root: run by root,
+  bubblewrap maps the sandbox's user to root itself (without capabilities), so root without
+  a pids cgroup is warned that threads are bounded by memory only. Root also owns the host's
+  device nodes bound in (hence no chmod), and may write /proc/sys even so, hence the read-only
+  /proc.
 - the judge (`judge.py`), outside, which runs the benchmark's tests and calls the program's
   functions over the pipes with arguments and results as plain data (`wire.py`). The verdict is
   decided there: nothing the program does to its own interpreter reaches it.
@@ -24,21 +30,23 @@ What one program can take is bounded: one process (seccomp) whose address space,
 included, is at most `memory_bytes`; files in /tmp of at most `scratch_bytes` in all
 (`file_bytes` each); `open_files` descriptors (pipes and sockets: small kernel buffers);
 `cpu_seconds` of CPU; `timeout` seconds of wall clock, after which both processes are killed.
-bubblewrap is started under the same limits (`prlimit`), but for the process count, so they
-bind the sandbox's PID 1 too. The judge runs under the same CPU and address-space limits.
-With the defaults, a program in flight holds at most 2 GiB (jail) + 2 GiB (judge) + 64 MiB
-(tmpfs), times `workers`, and the inodes of the files it makes in /tmp (not bounded: bubblewrap
-0.8 cannot set a tmpfs's nr_inodes). Every byte read back is capped: requests to the jail
+bubblewrap is started under the same limits (`prlimit`), but for the process count. The judge
+runs under the same CPU and address-space limits. With the defaults, a program in flight holds
+at most 2 GiB (jail) + 2 GiB (judge) + 64 MiB (tmpfs) + 16 MiB (the kernel's, for 16k inodes
+in /tmp), times `workers`. Every byte read back is capped: requests to the jail
 (`wire.MAX_FRAME`), its replies (`wire.MAX_REPLY`, before the judge parses them), stderr (a
 pipe of which at most `file_bytes` are read, the last `TAIL_BYTES` kept; past that the
 program's writes fail with EPIPE), stdout (/dev/null), the verdict (the judge quotes at most
 500 characters).
 
 Outcomes: passed / failed (which test) / timeout / crashed (a limit, an exit, a lost sandbox),
-with the tail of stderr. Any failure of ours on one program becomes its outcome. A thread pool
-runs programs in parallel (the work happens in subprocesses). `isolation="none"` runs the jail
-without bubblewrap (rlimits only, a temporary working directory; the same judge): unsafe, for
-machines where bubblewrap cannot run.
+with the tail of stderr. Only the host says timeout: its wall clock, or its CPU limit (set by
+prlimit, which the seccomp filter keeps the program from changing) when that limit's SIGKILL
+ended the jail (as PID 1 it ignores its own signals) and the jail's CPU time, as the kernel
+reports it to the host, agrees. Any failure of ours on one program becomes its outcome. A
+thread pool runs programs in parallel (the work happens in subprocesses). `isolation="none"`
+runs the jail without bubblewrap (rlimits only, a temporary working directory; the same
+judge): unsafe, for machines where bubblewrap cannot run.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ import errno
 import functools
 import json
 import os
+import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -73,6 +83,9 @@ _HERE = Path(__file__).parent
 _INSIDE = "/bitfront"  # where the jail's files appear in the sandbox
 _ENV = {"LANG": "C.UTF-8", "HOME": "/tmp", "PYTHONHASHSEED": "0"}
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
+# The least share of the CPU limit in the CPU time reported for a jail that limit ended: the
+# limit reads the tick-sampled clock, which ran up to 5% ahead of the exact one reported.
+_CPU_COUNTED = 0.9
 _INSTALL = ("apt-get install bubblewrap (version 0.8 or later), or, where it cannot run, opt "
             "out with --unsafe-no-sandbox")
 
@@ -86,8 +99,9 @@ class Limits:
     memory_bytes: int = 2 << 30  # address space of each
     file_bytes: int = 16 << 20  # largest file the program writes (stderr included)
     scratch_bytes: int = 64 << 20  # the tmpfs at /tmp, the program's only writable place
+    scratch_files: int = 16 << 10  # its files, directories and links (~1 KiB of kernel each)
     open_files: int = 64
-    processes: int = 32  # tasks of the sandbox's user: threads (new processes are refused)
+    processes: int = 32  # tasks of the sandbox: threads (new processes are refused)
     recursion_limit: int = 1000
     isolation: str = "bubblewrap"  # or "none": no sandbox at all (unsafe)
 
@@ -129,7 +143,8 @@ class Outcome:
 
 def require_sandbox(isolation: str) -> None:
     """Refuse, in one line that says how to fix it, where `isolation` cannot run here; warn
-    loudly (once per process: one warning location) when there is to be no sandbox."""
+    loudly (once per process: one warning location) when there is to be no sandbox, and when
+    nothing here can cap a sandbox's threads."""
     if isolation == "none":
         warnings.warn("UNSAFE: generated code runs WITHOUT a sandbox (--unsafe-no-sandbox): it "
                       "can read, change and send anything this user can", RuntimeWarning,
@@ -140,6 +155,10 @@ def require_sandbox(isolation: str) -> None:
     if shutil.which("bwrap") is None:
         raise BitfrontError(f"running generated code needs bubblewrap (bwrap): {_INSTALL}")
     _probe_bubblewrap()
+    if not _pids_cgroups() and not _nproc_binds():
+        warnings.warn("the sandbox cannot cap a program's threads here (root, and no pids cgroup "
+                      "it may make: cgroup v1 pids, or v2 with pids delegated): they are bounded "
+                      "by its memory only", RuntimeWarning, stacklevel=1)
 
 
 @functools.cache
@@ -203,8 +222,8 @@ def _run(program: Program, limits: Limits, deadline: float) -> Outcome:
                            stderr_tail=tail.text())
         outcome = _judged(raw)
         if outcome.pop("ended"):  # the jail's process ended: killed by a limit?
-            sig = jail.signal(min(1.0, max(0.0, deadline - time.monotonic())))
-            if sig == signal.SIGXCPU:
+            sig, cpu = jail.ended(min(1.0, max(0.0, deadline - time.monotonic())))
+            if sig == signal.SIGKILL and cpu >= _CPU_COUNTED * limits.cpu_seconds:
                 outcome = {"status": "timeout",
                            "detail": f"CPU time exceeded {limits.cpu_seconds} s"}
             elif sig is not None:
@@ -261,19 +280,20 @@ class _Unsandboxed:
         self.workdir = tempfile.mkdtemp(prefix="bitfront-sandbox-")
         try:
             self.process = subprocess.Popen(
-                [_interpreter(), "-S", "-B", str(_HERE / "jail.py"), _jail_limits(limits)],
+                [*_own_limits(limits), _interpreter(), "-S", "-B", str(_HERE / "jail.py"),
+                 _jail_limits(limits)],
                 stdin=stdin, stdout=stdout, stderr=stderr, cwd=self.workdir, env=_ENV,
                 start_new_session=True)
         except BaseException:
             _remove(self.workdir)
             raise
 
-    def signal(self, timeout: float) -> int | None:
-        """The signal that ended the jail, if one did (waits up to `timeout` for its end)."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            code = self.process.wait(timeout)
-            return -code if code < 0 else None
-        return None
+    def ended(self, timeout: float) -> tuple[int | None, float]:
+        """The signal that ended the jail, if one did, and the CPU seconds it used (waits up
+        to `timeout` for its end)."""
+        cpu = _reap(self.process, timeout)
+        code = self.process.returncode
+        return (-code if code is not None and code < 0 else None), cpu
 
     def stop(self) -> None:
         _kill(self.process)
@@ -283,19 +303,26 @@ class _Unsandboxed:
 
 
 class _Jail:
-    """The jail under bubblewrap. Stopping it kills the sandbox's PID 1 through a pidfd (so
-    nothing else can be hit), which takes its whole PID namespace down, then reaps bwrap."""
+    """The jail under bubblewrap, in a pids cgroup of its own where one can be made. Stopping
+    it kills the jail (the sandbox's PID 1) through a pidfd (so nothing else can be hit), which
+    takes its whole PID namespace down, then reaps bwrap and removes the cgroup."""
 
     def __init__(self, limits: Limits, stdin: int, stdout: int, stderr: int):
         self.child = -1
+        self.cgroup = _make_cgroup(_pids_cgroups(), limits.processes)
         fds = [*os.pipe(), *os.pipe()]
         seccomp, seccomp_w, info, info_w = fds
+        enter = [_sh(), "-c", _ENTER, f"{self.cgroup}/cgroup.procs"] if self.cgroup else []
         try:
             os.write(seccomp_w, _seccomp_filter())
             self.process = subprocess.Popen(  # bwrap's own environment is the sandbox's
-                _bwrap_command(limits, seccomp, info_w), stdin=stdin, stdout=stdout,
-                stderr=stderr, pass_fds=(seccomp, info_w), start_new_session=True, env=_ENV)
+                [*enter, *_bwrap_command(limits, seccomp, info_w)], stdin=stdin,
+                stdout=stdout, stderr=stderr, pass_fds=(seccomp, info_w),
+                start_new_session=True, env=_ENV)
             fds.remove(info)
+        except BaseException:
+            _remove_cgroup(self.cgroup)
+            raise
         finally:
             _close_all(fds)
         with os.fdopen(info, "rb") as reader:  # written once the namespaces exist
@@ -303,12 +330,12 @@ class _Jail:
         with contextlib.suppress(ValueError, KeyError, TypeError, OSError):  # bwrap failed
             self.child = os.pidfd_open(json.loads(report)["child-pid"])
 
-    def signal(self, timeout: float) -> int | None:
-        """The signal that ended the jail, if one did (waits up to `timeout` for its end)."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            code = self.process.wait(timeout)  # bwrap exits with 128 + the signal
-            return code - 128 if 128 < code < 128 + signal.NSIG else None
-        return None
+    def ended(self, timeout: float) -> tuple[int | None, float]:
+        """The signal that ended the jail, if one did, and the CPU seconds it used (waits up to
+        `timeout` for its end)."""
+        cpu = _reap(self.process, timeout)
+        code = self.process.returncode  # bwrap exits with 128 + the signal
+        return (code - 128 if code is not None and 128 < code < 128 + signal.NSIG else None), cpu
 
     def stop(self) -> None:
         if self.child >= 0:
@@ -319,6 +346,24 @@ class _Jail:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5.0)
         _kill(self.process)
+        _remove_cgroup(self.cgroup)
+        self.cgroup = ""
+
+
+def _reap(process: subprocess.Popen, timeout: float) -> float:
+    """Wait up to `timeout` for `process` to end and reap it; the CPU seconds it and the
+    descendants it reaped used, as the kernel counts them (0 if it has not ended)."""
+    if process.returncode is not None:
+        return 0.0
+    pidfd = os.pidfd_open(process.pid)
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            return 0.0
+    finally:
+        os.close(pidfd)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _kill(process: subprocess.Popen) -> None:
@@ -344,24 +389,25 @@ def _remove(path: str) -> None:
                        stderr=subprocess.DEVNULL, check=False)
 
 
-def _jail_limits(limits: Limits) -> str:
+def _jail_limits(limits: Limits, scratch: bool = False) -> str:
     """The jail's rlimits (it sets them on itself, inside its namespaces, so that the
-    process count is that of the sandbox's user namespace), as its command-line argument."""
-    cpu = limits.cpu_seconds
+    process count is that of the sandbox's user namespace; not the CPU time, which it has from
+    prlimit) and, with `scratch`, the tmpfs it mounts at /tmp, as its command-line argument."""
     return json.dumps({
-        "recursion": limits.recursion_limit, "RLIMIT_CPU": [cpu, cpu + 1],
+        **({"scratch": [limits.scratch_bytes, limits.scratch_files]} if scratch else {}),
+        "recursion": limits.recursion_limit,
         "RLIMIT_AS": [limits.memory_bytes] * 2, "RLIMIT_FSIZE": [limits.file_bytes] * 2,
         "RLIMIT_NOFILE": [limits.open_files] * 2, "RLIMIT_NPROC": [limits.processes] * 2,
         "RLIMIT_CORE": [0, 0]})
 
 
 def _own_limits(limits: Limits) -> list[str]:
-    """prlimit's command line that starts bwrap under the program's limits (address space,
-    CPU, file size, descriptors, no core), so that they bind the sandbox's PID 1 too, not
-    only the jail; not the process count, which outside the sandbox's user namespace would
-    count every process of this user."""
-    cpu = limits.cpu_seconds
-    return [_prlimit(), f"--as={limits.memory_bytes}", f"--cpu={cpu}:{cpu + 1}",
+    """prlimit's command line that starts bwrap (or the unsandboxed jail) under the program's
+    limits (address space, file size, descriptors, no core; CPU time, soft and hard: the
+    hard limit's SIGKILL ends the jail, which as PID 1 ignores the soft limit's SIGXCPU); not
+    the process count, which outside the sandbox's user namespace would count every process
+    of this user."""
+    return [_prlimit(), f"--as={limits.memory_bytes}", f"--cpu={limits.cpu_seconds}",
             f"--fsize={limits.file_bytes}", f"--nofile={limits.open_files}", "--core=0", "--"]
 
 
@@ -375,15 +421,112 @@ def _prlimit() -> str:
 
 def _bwrap_command(limits: Limits, seccomp_fd: int, info_fd: int) -> list[str]:
     command = [_bwrap(), "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
-               "--unshare-uts", "--unshare-cgroup", "--disable-userns", "--hostname", "sandbox",
-               "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
+               "--unshare-uts", "--unshare-cgroup", "--as-pid-1", "--hostname", "sandbox",
+               "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--cap-add",
+               "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP", "--clearenv"]  # the jail's scratch
     for name, value in _ENV.items():
         command += ["--setenv", name, value]
-    return [*_own_limits(limits), *command, *_mounts(), "--size", str(limits.scratch_bytes),
-            "--tmpfs", "/tmp",
+    return [*_own_limits(limits), *command, *_mounts(), "--dir", "/tmp",
             "--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd),
             "--info-fd", str(info_fd), "--", _interpreter(), "-S", "-B",
-            f"{_INSIDE}/jail.py", _jail_limits(limits)]
+            f"{_INSIDE}/jail.py", _jail_limits(limits, scratch=True)]
+
+
+# Run by sh, which moves itself into the cgroup "$0", then becomes the command that follows.
+_ENTER = 'echo 0 > "$0" && exec "$@"'
+
+
+@functools.cache
+def _sh() -> str:
+    return shutil.which("sh") or "/bin/sh"
+
+
+def _nproc_binds() -> bool:
+    """Whether RLIMIT_NPROC binds this process's user: every user but the host's root."""
+    return os.getuid() != 0 or Path("/proc/self/uid_map").read_text().split()[:2] != ["0", "0"]
+
+
+@functools.cache
+def _pids_cgroups() -> str:
+    """Where this process can make a pids cgroup per sandbox and move processes into it: its
+    own cgroup in the pids hierarchy (cgroup v1, or v2 with the pids controller enabled below
+    it), or "" where there is none."""
+    try:
+        own = {}  # hierarchy ("pids", "" for cgroup v2) -> this process's cgroup in it
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            own.update(dict.fromkeys(controllers.split(","), path))
+        mounts = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    except (OSError, ValueError):
+        return ""
+    for fields in mounts:
+        kind, options = fields[fields.index("-") + 1], fields[fields.index("-") + 3]
+        if kind == "cgroup2":
+            hierarchy = ""
+        elif kind == "cgroup" and "pids" in options.split(","):
+            hierarchy = "pids"
+        else:
+            continue
+        if hierarchy not in own:
+            continue
+        relative = os.path.relpath(own[hierarchy], fields[3])  # to the root mounted here
+        parent = os.path.normpath(os.path.join(fields[4], relative))
+        if not relative.startswith("..") and _usable(parent):
+            return parent
+    return ""
+
+
+def _usable(parent: str) -> bool:
+    """Whether a pids cgroup can be made under `parent` and a process moved into it; first
+    removes the sandboxes' cgroups there of evaluators that were killed."""
+    for stale in Path(parent).glob("bitfront-*-*"):
+        try:
+            os.kill(int(stale.name.split("-")[1]), 0)
+        except ProcessLookupError:
+            _remove_cgroup(str(stale), wait=False)
+        except (OSError, ValueError):
+            pass
+    try:
+        probe = _make_cgroup(parent, 1)
+    except OSError:
+        return False
+    try:
+        return subprocess.run([_sh(), "-c", _ENTER, f"{probe}/cgroup.procs", "true"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, check=False).returncode == 0
+    finally:
+        _remove_cgroup(probe)
+
+
+def _make_cgroup(parent: str, tasks: int) -> str:
+    """A new cgroup under `parent` of at most `tasks` tasks ("" where `parent` is "")."""
+    if not parent:
+        return ""
+    path = tempfile.mkdtemp(prefix=f"bitfront-{os.getpid()}-", dir=parent)
+    try:  # the cgroup file system made pids.max: a directory of another kind has none
+        fd = os.open(os.path.join(path, "pids.max"), os.O_WRONLY)
+        try:
+            os.write(fd, str(tasks).encode())
+        finally:
+            os.close(fd)
+    except BaseException:
+        _remove_cgroup(path, wait=False)
+        raise
+    return path
+
+
+def _remove_cgroup(path: str, wait: bool = True) -> None:
+    """Remove a sandbox's cgroup (none where `path` is ""), with `wait` waiting up to a
+    second for its last tasks to go."""
+    deadline = time.monotonic() + (1.0 if wait else 0.0)
+    while path:
+        try:
+            os.rmdir(path)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY and time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
+        return
 
 
 @functools.cache
@@ -432,7 +575,7 @@ class _ArgCmp(ctypes.Structure):  # libseccomp's struct scmp_arg_cmp
 
 
 _SCMP_ACT_ALLOW, _SCMP_ACT_ERRNO = 0x7FFF0000, 0x00050000
-_SCMP_CMP_EQ, _SCMP_CMP_MASKED_EQ, _CLONE_THREAD = 4, 7, 0x00010000
+_SCMP_CMP_NE, _SCMP_CMP_EQ, _SCMP_CMP_MASKED_EQ, _CLONE_THREAD = 1, 4, 7, 0x00010000
 # System calls newer than some libseccomp releases, by their number (the same on every
 # architecture: the kernel's common table).
 _NEW_SYSCALLS = {"fchmodat2": 452, "setxattrat": 463, "removexattrat": 466,
@@ -442,7 +585,7 @@ _REFUSED = (  # EPERM; see _seccomp_filter
     "shmget", "msgget", "semget", "memfd_create",
     "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
     "perf_event_open", "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter",
-    "io_uring_register", "keyctl", "add_key", "request_key",
+    "io_uring_register", "keyctl", "add_key", "request_key", "unshare", "setns",
     "chmod", "fchmod", "fchmodat", "fchmodat2", "setxattr", "lsetxattr", "fsetxattr",
     "removexattr", "lremovexattr", "fremovexattr", "setxattrat", "removexattrat",
     "file_setattr", "utime", "utimes", "utimensat", "futimesat")
@@ -454,11 +597,14 @@ def _seccomp_filter() -> bytes:
     users such as Flatpak use): refuse fork, vfork and clone without CLONE_THREAD (EAGAIN),
     clone3 (ENOSYS: a filter cannot read its flags, and glibc then makes threads with clone);
     SysV shared memory, message queues, semaphores and memfds, which no rlimit bounds; ptrace,
-    process_vm_readv/writev, pidfd_getfd and kcmp (the sandbox's PID 1 has none of the
-    program's limits), perf events, BPF, userfaultfd, io_uring (its requests bypass this
-    filter) and kernel keyrings; changing the mode, extended attributes (ACLs) or times of
-    files, which the only files the program can reach and owns are the host's device nodes
-    when root runs it (EPERM); and file locks, which it could hold on host files (ENOLCK)."""
+    process_vm_readv/writev, pidfd_getfd and kcmp, perf events, BPF, userfaultfd, io_uring
+    (its requests bypass this filter), kernel keyrings, and unshare and setns: no namespace,
+    user namespaces included, is made or entered inside (bubblewrap's --disable-userns would
+    also keep the jail from mounting its scratch space); changing its CPU limit (reading it
+    is allowed), which the host's verdict of timeout rests on; changing the mode, extended
+    attributes (ACLs) or times of files, which the only files the program can reach and owns
+    are the host's device nodes when root runs it (EPERM); and file locks, which it could
+    hold on host files (ENOLCK)."""
     name = ctypes.util.find_library("seccomp")
     if name is None:
         raise BitfrontError("the sandbox needs libseccomp: apt-get install libseccomp2")
@@ -473,7 +619,11 @@ def _seccomp_filter() -> bytes:
     context = lib.seccomp_init(_SCMP_ACT_ALLOW)
     if not context:
         raise OSError("seccomp_init failed")
+    cpu = resource.RLIMIT_CPU
     rules = [("fork", errno.EAGAIN, ()), ("vfork", errno.EAGAIN, ()),
+             ("setrlimit", errno.EPERM, (_ArgCmp(0, _SCMP_CMP_EQ, cpu, 0),)),
+             ("prlimit64", errno.EPERM, (_ArgCmp(1, _SCMP_CMP_EQ, cpu, 0),
+                                         _ArgCmp(2, _SCMP_CMP_NE, 0, 0))),
              ("clone", errno.EAGAIN, (_ArgCmp(0, _SCMP_CMP_MASKED_EQ, _CLONE_THREAD, 0),)),
              ("clone3", errno.ENOSYS, ()), *((call, errno.EPERM, ()) for call in _REFUSED),
              ("flock", errno.ENOLCK, ()),
