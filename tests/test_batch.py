@@ -259,7 +259,7 @@ def test_worker_with_another_population_refuses_to_join(planner, tmp_path):
         other.open(storage, "s")
 
 
-def test_survivors_run_a_dead_workers_seed(planner, tmp_path):
+def test_survivors_run_a_dead_workers_seed(planner, tmp_path, monkeypatch):
     from optuna.trial import TrialState
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
@@ -271,17 +271,17 @@ def test_survivors_run_a_dead_workers_seed(planner, tmp_path):
               "print(t.number, flush=True)\n"
               "os.kill(os.getpid(), signal.SIGKILL)\n")
     taken = []
-    search_trial = planner.objective
+    evaluate = planner.evaluate
 
-    def objective(trial, **kwargs):
+    def evaluate_after_the_death(plan):
         """The first trial of this worker waits until the other worker has died."""
         if not taken:
             res = subprocess.run([sys.executable, "-c", killer], capture_output=True,
                                  text=True)
             taken.append(int(res.stdout))
-        return search_trial(trial, **kwargs)
+        return evaluate(plan)
 
-    planner.objective = objective
+    monkeypatch.setattr(planner, "evaluate", evaluate_after_the_death)
     study = planner.run(storage, "s", 12, show_progress=False)
     dead = study.trials[taken[0]]
     seeds = study.user_attrs["bitfront_seeded"]

@@ -116,6 +116,8 @@ def test_optuna_private_api_still_works():
     assert private.fixed_params(frozen) == {"x": 3}
     storage = study._storage
     assert storage.get_trial(private.trial_id(frozen)).number == frozen.number
+    with private.heartbeat(study.ask()):  # a storage without heartbeats: nothing recorded
+        pass
     logger = logging.getLogger("optuna")
     before = logger.level
     with private.quiet():

@@ -111,7 +111,7 @@ class MoveSampler(optuna.samplers.BaseSampler):
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        """Restart the random state (see `PlanSearch.objective`)."""
+        """Restart the random state (see `PlanSearch.draw`)."""
         self._rng = np.random.RandomState(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
 

@@ -4,6 +4,7 @@ when an Optuna release changes one of them).
 - `compute_hypervolume`: Optuna's exact hypervolume (WFG), not exported publicly;
 - a frozen trial's storage id (`_trial_id`) and a study's storage (`_storage`), to mark a
   dead worker's trial failed;
+- Optuna's heartbeat thread, for trials run outside `Study.optimize`;
 - the parameters an enqueued trial was fixed to (system attribute `fixed_params`);
 - `Trial.relative_params`: asking NSGA-II for the relative parameters puts an enqueued trial
   into the sampler's current generation;
@@ -20,9 +21,10 @@ from collections.abc import Iterator
 
 import optuna
 from optuna._hypervolume import compute_hypervolume
+from optuna.storages._heartbeat import get_heartbeat_thread
 
-__all__ = ["compute_hypervolume", "fixed_params", "join_generation", "quiet", "reseed",
-           "storage_of", "trial_id"]
+__all__ = ["compute_hypervolume", "fixed_params", "heartbeat", "join_generation", "quiet",
+           "reseed", "storage_of", "trial_id"]
 
 
 def trial_id(trial: optuna.trial.FrozenTrial) -> int:
@@ -31,6 +33,12 @@ def trial_id(trial: optuna.trial.FrozenTrial) -> int:
 
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage
+
+
+def heartbeat(trial: optuna.Trial) -> contextlib.AbstractContextManager:
+    """Records the running trial's heartbeat while open (storages with heartbeats only), as
+    `Study.optimize` does, so other workers fail it only if this process stops."""
+    return get_heartbeat_thread(trial._trial_id, trial.study._storage)
 
 
 def fixed_params(trial: optuna.trial.FrozenTrial) -> dict:
@@ -53,14 +61,17 @@ def reseed(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Optuna's per-trial INFO logs and experimental-feature warnings off, for this block only
-    (bitfront shows its own progress); the process's settings are restored afterwards."""
+    """Optuna's per-trial INFO logs, experimental-feature warnings and its warning that
+    heartbeats belong to `Study.optimize` (bitfront runs them itself, `heartbeat`) off, for
+    this block only (bitfront shows its own progress); the process's settings are restored
+    afterwards."""
     logger = logging.getLogger("optuna")
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
             yield
     finally:
         logger.setLevel(level)

@@ -14,22 +14,22 @@ seeds form its first generation) and multivariate TPE. Plans evaluated outside t
 
 Storage is any Optuna storage: a SQLite file by default, a PostgreSQL/MySQL URL for many
 workers on many machines, or a journal file. The study records its configuration; a worker
-whose configuration differs refuses to join. Seeds are enqueued once, under a lock.
-RDB storages run heartbeats, so a killed worker's running trial is marked FAIL by the next
-worker (or re-run) once its grace period passes; trials of dead processes on this machine are
-failed at start-up whatever the storage.
+whose configuration differs refuses to join. Under one lock per storage (`storage_lock`)
+workers create its tables, enqueue the seeds once and claim each trial: no seed or plan runs
+twice, and together they stop at exactly the target count. RDB storages run heartbeats, so a
+killed worker's running trial is marked FAIL by another worker (or re-run) once its grace
+period passes; trials of dead processes on this machine are failed before each trial whatever
+the storage.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import os
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +49,7 @@ from bitfront.planner.metrics import TrialMetrics, objective_metric
 from bitfront.planner.moves import Moves, MoveSampler
 from bitfront.planner.optuna_private import (
     fixed_params,
+    heartbeat,
     join_generation,
     quiet,
     reseed,
@@ -129,9 +130,6 @@ class SearchConfig(Config):
 Storage = str | optuna.storages.BaseStorage
 
 
-SCHEMA_RACE_RETRIES = 4  # tries again when workers race to create Optuna's tables
-
-
 def differing_keys(theirs, mine, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between a study's recorded JSON (`theirs`) and
     `mine` (compared as the storage would hold it: tuples as lists)."""
@@ -144,7 +142,9 @@ def differing_keys(theirs, mine, prefix: str = "") -> list[str]:
 
 def open_storage(url: Storage) -> optuna.storages.BaseStorage:
     """An Optuna storage: a storage object as it is, "memory" (in-memory), RDB URLs
-    (sqlite:///..., postgresql://...) with heartbeats, or a journal file for any other path."""
+    (sqlite:///..., postgresql://...) with heartbeats, or a journal file for any other path.
+    Optuna creates its tables under the storage lock: workers opening a fresh database
+    together would otherwise race to create them."""
     if isinstance(url, optuna.storages.BaseStorage):
         return url
     if url == "memory":
@@ -152,23 +152,13 @@ def open_storage(url: Storage) -> optuna.storages.BaseStorage:
     if "://" in url:
         import sqlalchemy
 
-        kwargs = {}
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            kwargs = {"connect_args": {"timeout": 60}}
-        for attempt in range(SCHEMA_RACE_RETRIES + 1):
-            try:
-                with quiet():
-                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                                      heartbeat_interval=5, grace_period=20)
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
-                # Workers starting together race to create Optuna's tables: the loser of the
-                # race finds them made when it tries again.
-                if attempt == SCHEMA_RACE_RETRIES:
-                    raise _storage_error(url, exc) from exc
-                time.sleep(0.5 * (attempt + 1))
-            except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
-                raise _storage_error(url, exc) from exc
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:///") else {}
+        try:
+            with storage_lock(url), quiet():
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                  heartbeat_interval=5, grace_period=20)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+            raise _storage_error(url, exc) from exc
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend
@@ -195,10 +185,10 @@ def _shown(url: str) -> str:
 
 @contextlib.contextmanager
 def storage_lock(url: Storage) -> Iterator[None]:
-    """Exclusive across the workers of one storage: a PostgreSQL advisory lock, or a file
-    lock beside a SQLite database or journal file (workers on one machine). Storage objects
-    and other RDB URLs get no lock; `enqueue_trial(skip_if_exists=True)` still keeps most
-    duplicates out."""
+    """Exclusive across the workers of one storage (creating its tables, enqueuing the seeds,
+    claiming trials): a PostgreSQL advisory lock, or a file lock beside a SQLite database or
+    journal file (workers on one machine). Storage objects and other RDB URLs get no lock;
+    `enqueue_trial(skip_if_exists=True)` still keeps most duplicates out."""
     if not isinstance(url, str) or url == "memory":
         yield
         return
@@ -249,10 +239,11 @@ def fail_dead_local_trials(study: optuna.Study) -> int:
 
 
 def recover_dead_workers(study: optuna.Study) -> int:
-    """Fail the trials of dead workers of this machine (other machines' by heartbeat) and
-    enqueue again the seeds they held; run under the storage lock, when a worker joins and
-    after each of its trials, so the survivors evaluate every seed. Returns the seeds
-    enqueued again."""
+    """Fail the trials of dead workers (this machine's by process id, other machines' by
+    heartbeat) and enqueue again the seeds they held; run under the storage lock, when a
+    worker joins and before each of its trials, so the survivors evaluate every seed. Returns
+    the seeds enqueued again."""
+    optuna.storages.fail_stale_trials(study)
     fail_dead_local_trials(study)
     return requeue_failed_seeds(study)
 
@@ -279,6 +270,19 @@ def requeue_failed_seeds(study: optuna.Study) -> int:
                                             *({"origin": o, "after_completed": done}
                                               for o in again)])
     return len(again)
+
+
+@contextlib.contextmanager
+def _failing(trial: optuna.Trial) -> Iterator[None]:
+    """Marks the trial FAIL if the block raises, unless another worker has finished it
+    meanwhile (failed it when its heartbeat stopped): that trial is left as it is."""
+    try:
+        yield
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    except BaseException:
+        trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
 
 
 def _alive(pid: int) -> bool:
@@ -436,12 +440,38 @@ class PlanSearch:
             out["latency"] = metrics.latency_s - self.config.latency_budget
         return out
 
-    def objective(self, trial: optuna.Trial, worker: int = 0,
-                  storage_url: Storage = "memory") -> list[float]:
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
-        # The sampler's draws for this trial depend only on the configured seed, the worker and
-        # the trials completed so far (not on the process's history), so a killed and resumed
-        # search proposes what an uninterrupted one would.
+    def search_trial(self, study: optuna.Study, storage_url: Storage, n_trials: int,
+                     worker: int = 0) -> optuna.Trial | None:
+        """Claim, evaluate and record one trial of the search; None once the study's completed
+        and running search trials reach `n_trials`. The claim and the draw of its plan happen
+        under the storage lock, after dead workers' trials are failed: workers never take the
+        same waiting seed, never propose the same plan (moves skip the plans the study holds)
+        and together stop at exactly `n_trials`. The trial's heartbeat runs from its claim."""
+        with contextlib.ExitStack() as running:
+            with storage_lock(storage_url):
+                recover_dead_workers(study)
+                if searched(study, (TrialState.COMPLETE, TrialState.RUNNING)) >= n_trials:
+                    return None
+                trial = study.ask()
+                trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+                running.enter_context(heartbeat(trial))
+                running.enter_context(_failing(trial))
+                self.draw(trial, worker)
+            metrics = self.evaluate(self.plan(trial.params))
+            for key, value in metrics.to_dict().items():
+                trial.set_user_attr(key, value)
+            for key, value in self.constraints(metrics).items():
+                trial.set_constraint(key, value)
+            if "origin" not in trial.user_attrs:
+                trial.set_user_attr("origin", self.config.sampler)
+            study.tell(trial, self.objective_values(metrics), skip_if_finished=True)
+        return trial
+
+    def draw(self, trial: optuna.Trial, worker: int = 0) -> None:
+        """The trial's plan, from the sampler (or the seed it was enqueued with). The draws
+        depend only on the configured seed, the worker and the trials completed so far (not on
+        the process's history), so a killed and resumed search proposes what an uninterrupted
+        one would."""
         sampler = trial.study.sampler
         done = len(trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         mixed = int(hashlib.sha256(f"{self.config.seed}-{worker}-{done}".encode())
@@ -454,21 +484,8 @@ class PlanSearch:
             # The seeds join the first generation: the population is at least as large as
             # the seed set.
             join_generation(trial)
-        # Moves skip the plans the study holds: workers draw one at a time, so two workers
-        # never propose the same plan.
-        lock = storage_lock(storage_url) if isinstance(sampler, MoveSampler) \
-            else contextlib.nullcontext()
-        with lock:
-            bits = {g: trial.suggest_categorical(g, list(self.config.choices))
-                    for g in self.groups}
-        metrics = self.evaluate(self.plan(bits))
-        for key, value in metrics.to_dict().items():
-            trial.set_user_attr(key, value)
-        for key, value in self.constraints(metrics).items():
-            trial.set_constraint(key, value)
-        if "origin" not in trial.user_attrs:
-            trial.set_user_attr("origin", self.config.sampler)
-        return self.objective_values(metrics)
+        for group in self.groups:
+            trial.suggest_categorical(group, list(self.config.choices))
 
     def record(self, study: optuna.Study, bits: dict[str, int], metrics: TrialMetrics,
                origin: str) -> optuna.trial.FrozenTrial:
@@ -496,7 +513,7 @@ class PlanSearch:
 
     def open(self, storage_url: Storage, study_name: str) -> optuna.Study:
         """Create or join the study (refusing a different configuration) and enqueue the
-        seeds exactly once. The sampler is reseeded before each trial (`objective`) from the
+        seeds exactly once. The sampler is reseeded before each trial (`draw`) from the
         configured seed, the worker index and the trials completed so far, so parallel workers
         do not replay each other's proposals and a resumed run continues the same sequence."""
         storage = open_storage(storage_url)
@@ -541,42 +558,28 @@ class PlanSearch:
 
     def run(self, storage_url: Storage, study_name: str, n_trials: int, *, worker: int = 0,
             show_progress: bool = True) -> optuna.Study:
-        """Work on the study until it holds `n_trials` finished trials (resumable; several
-        workers may run this at once, each with its own `worker` index)."""
+        """Work on the study until it holds exactly `n_trials` completed search trials
+        (resumable; several workers may run this at once, each with its own `worker` index)."""
         with quiet():
             return self._run(storage_url, study_name, n_trials, worker, show_progress)
 
     def _run(self, storage_url, study_name, n_trials, worker, show_progress) -> optuna.Study:
         study = self.open(storage_url, study_name)
-
-        def finished() -> int:
-            return searched(study)
-
         with progress_bar(show=show_progress) as bar:
             task = bar.add_task(f"search {study_name}", total=n_trials,
-                                completed=min(finished(), n_trials), info="")
-
-            def after_trial(study: optuna.Study, trial) -> None:
-                with storage_lock(storage_url):
-                    recover_dead_workers(study)
-                done = finished()
-                bar.update(task, completed=min(done, n_trials),
+                                completed=min(searched(study), n_trials), info="")
+            while (trial := self.search_trial(study, storage_url, n_trials, worker)) is not None:
+                bar.update(task, completed=min(searched(study), n_trials),
                            info=f"trial {trial.number} ({trial.user_attrs.get('origin', '')})")
-                if done >= n_trials:
-                    study.stop()
-
-            if finished() < n_trials:
-                objective = functools.partial(self.objective, worker=worker,
-                                              storage_url=storage_url)
-                study.optimize(objective, callbacks=[after_trial])
         return study
 
 
-def searched(study: optuna.Study) -> int:
-    """Completed trials of the search itself (seeds and sampled plans; plans recorded by a
+def searched(study: optuna.Study, states: tuple[TrialState, ...] = (TrialState.COMPLETE,)
+             ) -> int:
+    """Trials of the search itself in `states` (seeds and sampled plans; plans recorded by a
     refinement at a budget do not count towards `trials`)."""
     return sum(REFINEMENT_ATTR not in t.user_attrs
-               for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+               for t in study.get_trials(deepcopy=False, states=states))
 
 
 POINTER = "study.json"
