@@ -5,6 +5,8 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,9 +41,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def micro_pair() -> dict[str, Path]:
+def micro_training() -> subprocess.CompletedProcess:
+    """`bitfront pocket train --size micro` into the test cache, run once per session as a
+    user runs it (tests/test_cli.py checks what it printed)."""
+    return subprocess.run([sys.executable, "-m", "bitfront.cli", "pocket", "train", "--size",
+                           "micro"], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def micro_pair(micro_training) -> dict[str, Path]:
     """The micro pocket pair, trained once per session into the test cache."""
     from bitfront.pocket.store import pocket_dir
+
+    assert micro_training.returncode == 0, micro_training.stderr
 
     return {name: pocket_dir(name, show_progress=False)
             for name in ("pocket-ar-micro", "pocket-diffusion-micro")}

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import bitfront
 
@@ -40,19 +41,21 @@ def test_unreadable_sizes_and_durations_give_one_line_usage_errors():
         assert f"argument {flag}: cannot read {value!r} {expect}" in lines[0]
 
 
-def test_pocket_train_micro_then_generate_from_both(tmp_path):
-    env = {"BITFRONT_CACHE": str(tmp_path)}
-    res = bitfront_cmd("pocket", "train", "--size", "micro", env=env)
-    assert res.returncode == 0, res.stderr
-    assert "MBPP top-1" in res.stdout
-    assert f"pocket-diffusion-micro: {tmp_path / 'pocket' / 'pocket-diffusion-micro'}" in res.stdout
+def test_pocket_train_micro_then_generate_from_both(micro_training, micro_pair):
+    """The session's micro pair is trained by `bitfront pocket train --size micro`
+    (conftest.py): what it printed, then generation from both, then a second train is a no-op."""
+    cache = Path(os.environ["BITFRONT_CACHE"])
+    if "already trained" not in micro_training.stdout:  # else a developer's test cache
+        assert "MBPP top-1" in micro_training.stdout
+        assert (f"pocket-diffusion-micro: {cache / 'pocket' / 'pocket-diffusion-micro'}"
+                in micro_training.stdout)
     for name in ("pocket-ar-micro", "pocket-diffusion-micro"):
-        assert (tmp_path / "pocket" / name / "model.safetensors").exists()
-        res = bitfront_cmd("generate", name, "def add(a, b):", "--max-new-tokens", "24",
-                           env=env)
+        assert micro_pair[name] == cache / "pocket" / name
+        assert (micro_pair[name] / "model.safetensors").exists()
+        res = bitfront_cmd("generate", name, "def add(a, b):", "--max-new-tokens", "24")
         assert res.returncode == 0, res.stderr
         assert res.stdout.strip(), f"{name} printed nothing"
-    res = bitfront_cmd("pocket", "train", "--size", "micro", env=env)
+    res = bitfront_cmd("pocket", "train", "--size", "micro")
     assert res.returncode == 0 and "already trained" in res.stdout
 
 
