@@ -48,6 +48,10 @@ def test_unreachable_storage_is_one_line_before_any_work(tmp_path, micro_pair):
     line = one_line_error(res, 1, "cannot open the study storage", "127.0.0.1:9",
                           "Connection refused")
     assert "secret" not in line
+    for storage in ("sqlite:////proc/no-such-dir/s.db", "/proc/no-such-dir/s.journal"):
+        res = bitfront_cmd("search", "pocket-ar-micro", "--trials", "4", *SMALL_SEARCH,
+                           "--storage", storage, cwd=tmp_path)
+        one_line_error(res, 1, "cannot open the study storage", "/proc/no-such-dir")
 
 
 def completed_trials(storage: str, name: str) -> int:

@@ -157,13 +157,15 @@ def open_storage(url: Storage) -> optuna.storages.BaseStorage:
             with storage_lock(url), quiet():
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
                                                   heartbeat_interval=5, grace_period=20)
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
-            raise _storage_error(url, exc) from exc
-    path = Path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError) as exc:
+            raise _storage_error(url, exc) from exc  # OSError: a SQLite file's directory
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    try:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    except OSError as exc:
+        raise _storage_error(url, exc) from exc
 
 
 def _storage_error(url: str, exc: Exception) -> BitfrontError:
