@@ -152,8 +152,9 @@ def quantize(lm: CodeLM, plan: BitPlan, candidates: Candidates | None = None, *,
 def export(plan: BitPlan | tuple[SearchResult, Point], format: str, path: str | Path, *,
            lm: CodeLM | None = None, mbpp: str | None = None) -> Path:
     """Write `plan` (or a search result's point, with its metrics and provenance) in `format`
-    (json, gptqmodel, llama-cpp, compressed-tensors) to `path`. A checkpoint format needs
-    `lm`, whose candidates for the plan are loaded from the cache (or computed)."""
+    (json, gptqmodel, llama-cpp, compressed-tensors, gguf) to `path`. A checkpoint format needs
+    `lm`, whose candidates for the plan are loaded from the cache (or computed); gguf needs
+    `lm` and the `bitfront[llama]` extra (llama.cpp quantizes it)."""
     metrics, provenance = {}, {}
     if isinstance(plan, tuple):
         result, point = plan
@@ -165,7 +166,7 @@ def export(plan: BitPlan | tuple[SearchResult, Point], format: str, path: str | 
     if format in CHECKPOINTS and lm is not None:
         candidates = candidates_for_plan(lm, plan, mbpp_source=mbpp)
     return write_export(plan, format, Path(path), lm=lm, candidates=candidates,
-                        metrics=metrics, provenance=provenance)
+                        metrics=metrics, provenance=provenance, mbpp_source=mbpp)
 
 
 def evaluate(lm: CodeLM, config: EvalConfig = EvalConfig(), *, plan: BitPlan | None = None,

@@ -327,7 +327,7 @@ def cmd_best(args) -> int:
 def cmd_export(args) -> int:
     import tempfile
 
-    from bitfront.exports.files import CHECKPOINTS
+    from bitfront.exports.files import MODEL_FORMATS
 
     result = _result(args)
     if args.trial is None and args.best_under is None:
@@ -344,16 +344,16 @@ def cmd_export(args) -> int:
             return EXIT_NO_PLAN
         point = answer.point
         err.print(f"trial {point.number} ({point.origin}), {answer.how}: {answer.note}")
-    checkpoint = args.format in CHECKPOINTS
-    if checkpoint and not args.out:
-        raise BitfrontError(f"--format {args.format} writes a model directory: give --out DIR")
+    model_files = args.format in MODEL_FORMATS
+    if model_files and not args.out:
+        raise BitfrontError(f"--format {args.format} writes model files: give --out PATH")
     lm = None
-    if checkpoint or args.checkpoint:
+    if model_files or args.checkpoint:
         lm = _load(args, args.model or result.config["model_name"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.out) if args.out else Path(tmp) / "export"
         bitfront.export((result, point), args.format, path, lm=lm)
-        payload = None if checkpoint else path.read_text().rstrip("\n")
+        payload = None if model_files else path.read_text().rstrip("\n")
     if args.checkpoint:
         from bitfront.exports.gptq import write_gptq_checkpoint
         from bitfront.quant.apply import candidates_for_plan
@@ -368,6 +368,11 @@ def cmd_export(args) -> int:
     if args.out:
         out.print(f"wrote {args.format} export of trial {point.number} to {args.out}",
                   soft_wrap=True)
+        if args.format == "gguf":
+            from bitfront.exports.gguf import summary
+
+            for line in summary(Path(args.out)):
+                out.print(line, soft_wrap=True)
     else:
         sys.stdout.write(payload + "\n")
     if args.checkpoint:

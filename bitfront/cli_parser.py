@@ -204,7 +204,8 @@ def build(cli, argv: list[str]) -> argparse.ArgumentParser:
 
         p.add_argument("--format", choices=FORMATS, default="json")
     p.add_argument("--out", help="file (or, for compressed-tensors, model directory) to write "
-                                 "(default: stdout)")
+                                 "(default: stdout); gguf also writes OUT.json, what llama.cpp "
+                                 "wrote")
     p.add_argument("--checkpoint", help="also write a quantized checkpoint (GPTQ layout) to "
                                         "this directory")
     p.add_argument("--model", help="model to quantize for --checkpoint (default: the study's)")

@@ -37,17 +37,27 @@ def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a unique temporary file and a rename: readers never
     see a partial file, and concurrent writers (workers on one machine) never collide. A
     write that fails (a full disk) leaves nothing behind and is a one-line error."""
+    with atomic_files(path) as scratch:
+        (scratch / path.name).write_text(text)
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: Path) -> Iterator[Path]:
+    """A scratch directory beside the first of `paths` (same file system) to build them in:
+    when the block completes, each `scratch / path.name` is renamed to its path (in order:
+    put the one readers look for last), and the scratch, with whatever else it holds, is
+    removed; a failure (a full disk: one line) leaves nothing at any path."""
+    path = Path(paths[0])
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+    try:
+        with disk_errors(path):
+            yield scratch
+            for target in paths:
+                os.replace(scratch / Path(target).name, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager

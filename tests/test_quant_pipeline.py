@@ -70,6 +70,9 @@ def test_hessians_are_shared_by_siblings_and_match_a_direct_computation(ar_micro
                                rtol=1e-4, atol=1e-6)
     hs64 = capture_hessians(ar_micro.logits, modules, calib.batches, dtype=torch.float64)
     assert hs64["model.layers.0.mlp.down_proj"].dtype == torch.float64
+    diagonal = capture_hessians(ar_micro.logits, modules, calib.batches, diagonal=True)
+    for name in ("model.layers.0.self_attn.v_proj", "model.layers.1.mlp.down_proj"):
+        torch.testing.assert_close(diagonal[name], hs[name].diagonal(), rtol=1e-4, atol=1e-6)
 
 
 def test_diffusion_calibration_is_mask_aware_and_seeded(dm_micro):

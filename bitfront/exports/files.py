@@ -1,6 +1,6 @@
 """Writing a plan in any export format: the one dispatch the API, the command line and the
 study runner share. Text formats need only the plan; checkpoints need the model and the
-candidates the plan was made from."""
+candidates the plan was made from; a GGUF needs the model (llama.cpp quantizes it)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from bitfront.exports.formats import export_json, gptqmodel_config, llama_cpp_ar
 from bitfront.paths import write_atomic
 from bitfront.space.plan import BitPlan
 
-FORMATS = ("json", "gptqmodel", "llama-cpp", "compressed-tensors")
+FORMATS = ("json", "gptqmodel", "llama-cpp", "compressed-tensors", "gguf")
 CHECKPOINTS = ("compressed-tensors",)
+MODEL_FORMATS = (*CHECKPOINTS, "gguf")  # written from the model's weights
 
 
 def plan_text(plan: BitPlan, format: str, *, metrics: dict | None = None,
@@ -31,9 +32,11 @@ def plan_text(plan: BitPlan, format: str, *, metrics: dict | None = None,
 
 
 def write_export(plan: BitPlan, format: str, path: Path, *, lm=None, candidates=None,
-                 metrics: dict | None = None, provenance: dict | None = None) -> Path:
+                 metrics: dict | None = None, provenance: dict | None = None,
+                 mbpp_source=None) -> Path:
     """Write `plan` to `path`: a file for text formats, a model directory for checkpoints
-    (those need `lm` and the plan's `candidates`)."""
+    (those need `lm` and the plan's `candidates`), a GGUF file (needs `lm`; its record, what
+    llama.cpp wrote, beside it as PATH.json)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise BitfrontError(f"cannot write {path}: {path.parent} is not an existing "
@@ -44,6 +47,12 @@ def write_export(plan: BitPlan, format: str, path: Path, *, lm=None, candidates=
         from bitfront.exports.compressed_tensors import write_compressed_tensors
 
         return write_compressed_tensors(lm, plan, candidates, path)
+    if format == "gguf":
+        if lm is None:
+            raise BitfrontError("a gguf export needs the model")
+        from bitfront.exports.gguf import export_gguf
+
+        return export_gguf(lm, plan, path, mbpp_source=mbpp_source).path
     arch = getattr(getattr(lm, "module", None), "config", None)
     text = plan_text(plan, format, metrics=metrics, provenance=provenance,
                      arch=getattr(arch, "model_type", "qwen3"))

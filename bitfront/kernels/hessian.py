@@ -18,7 +18,7 @@ from bitfront.progress import track
 
 @dataclass
 class HessianSet:
-    hessians: dict[str, torch.Tensor]  # owner name -> H [in, in]
+    hessians: dict[str, torch.Tensor]  # owner name -> H [in, in] (or its diagonal [in])
     owner: dict[str, str]  # layer name -> the layer whose Hessian it shares
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -30,10 +30,11 @@ class HessianSet:
 
 @torch.no_grad()
 def capture_hessians(forward, modules: dict[str, nn.Module], batches: Iterable[torch.Tensor],
-                     *, dtype: torch.dtype = torch.float32, show_progress: bool = False
-                     ) -> HessianSet:
+                     *, dtype: torch.dtype = torch.float32, diagonal: bool = False,
+                     show_progress: bool = False) -> HessianSet:
     """Run `forward(batch)` over `batches` and return the input Hessians of `modules`
-    (name -> nn.Linear or nn.Embedding-free linear-like modules taking one input)."""
+    (name -> nn.Linear or nn.Embedding-free linear-like modules taking one input); only
+    their diagonals (2 × each input column's mean square) when `diagonal`."""
     sums: dict[str, torch.Tensor] = {}
     owner: dict[str, str] = {}
     count = {"tokens": 0}
@@ -49,9 +50,12 @@ def capture_hessians(forward, modules: dict[str, nn.Module], batches: Iterable[t
             owner[name] = name
             flat = x.detach().reshape(-1, x.shape[-1]).to(dtype)
             if name not in sums:
-                sums[name] = torch.zeros(flat.shape[1], flat.shape[1], dtype=dtype,
-                                         device=flat.device)
-            sums[name].addmm_(flat.t(), flat)
+                shape = (flat.shape[1],) if diagonal else (flat.shape[1], flat.shape[1])
+                sums[name] = torch.zeros(shape, dtype=dtype, device=flat.device)
+            if diagonal:
+                sums[name].add_(flat.square().sum(0))
+            else:
+                sums[name].addmm_(flat.t(), flat)
         return fn
 
     handles = [mod.register_forward_hook(hook(name)) for name, mod in modules.items()]

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -109,10 +110,12 @@ class CodeLM(ABC):
 
     family: ClassVar[Family]
 
-    def __init__(self, name: str, module: nn.Module, tokenizer, *, use_chat: bool | None = None):
+    def __init__(self, name: str, module: nn.Module, tokenizer, *, use_chat: bool | None = None,
+                 gguf: Path | None = None):
         self.name = name
         self.module = module.eval()
         self.tokenizer = tokenizer
+        self.gguf = gguf  # the GGUF file it was loaded from (the GGUF export copies its tokenizer)
         has_template = bool(getattr(tokenizer, "chat_template", None))
         self.use_chat = has_template if use_chat is None else (use_chat and has_template)
         self._fingerprint: str | None = None

@@ -106,7 +106,7 @@ def load_local(path: Path, *, name: str | None = None, device: torch.device | st
         # compressed-tensors decompresses on the model's first forward pass (a hook on the
         # root module, which `CausalLM` bypasses to run its head in chunks): do it now.
         compressor.decompress_model(module)
-    return CausalLM(name, module.to(device), tokenizer)
+    return CausalLM(name, module.to(device), tokenizer, gguf=path if extra else None)
 
 
 def _tokenizer(path: Path):

@@ -77,20 +77,26 @@ def plan_space(lm: CodeLM, plan: BitPlan):
                        include_embeddings=any(n.endswith("embed_tokens") for n in plan.specs))
 
 
+def plan_calibration(lm: CodeLM, plan: BitPlan, *, mbpp_source=None):
+    """The calibration set recorded in the plan's metadata (the default one if none is)."""
+    from bitfront.quant.calibration import CalibrationConfig, calibration_set
+
+    return calibration_set(lm, CalibrationConfig.from_dict(
+        plan.meta.get("calibration", {}), "plan meta.calibration."), mbpp_source=mbpp_source)
+
+
 def candidates_for_plan(lm: CodeLM, plan: BitPlan, *, mbpp_source=None,
                         show_progress: bool = True) -> Candidates:
     """The candidate cache a saved plan was made from (computed if missing), following the
     quantizer and calibration settings recorded in its metadata; refuses when what it
     rebuilds differs from what the plan names (other weights, or calibration text from
     another Python's standard library)."""
-    from bitfront.quant.calibration import CalibrationConfig, calibration_set
     from bitfront.quant.candidates import QuantizerSettings, build_candidates
 
     spec = next(iter(plan.specs.values()))
     quantizer = plan.meta.get("quantizer") or {"group_size": spec.group_size, "sym": spec.sym}
     settings = QuantizerSettings.from_dict(quantizer, "plan meta.quantizer.")
-    calibration = calibration_set(lm, CalibrationConfig.from_dict(
-        plan.meta.get("calibration", {}), "plan meta.calibration."), mbpp_source=mbpp_source)
+    calibration = plan_calibration(lm, plan, mbpp_source=mbpp_source)
     space = plan_space(lm, plan)
     plan.validate(space, lm.fingerprint())
     candidates = build_candidates(lm, space, calibration, settings=settings,

@@ -32,6 +32,7 @@ from bitfront.planner.metrics import TrialMetrics
 from bitfront.planner.pipeline import build_search
 from bitfront.planner.refine import best_recorded, refine, refined
 from bitfront.planner.study import open_storage, storage_lock, write_pointer
+from bitfront.runtimes.llama_cpp import llama_cpp_installed
 from bitfront.space.plan import BitPlan
 from bitfront.studies.spec import SETUP_KEYS, STAGE_FORMAT, StudySpec, stage_key
 
@@ -257,9 +258,12 @@ class ModelRun:
             formats = {"json": ".plan.json", "llama-cpp": ".llama-cpp.txt"}
             if any(s.quantized for s in plan.specs.values()):
                 formats["gptqmodel"] = ".gptqmodel.json"
+            if llama_cpp_installed() and self.lm.family == "ar":
+                formats["gguf"] = ".gguf"  # llama.cpp has no diffusion architecture
             for format, suffix in formats.items():
                 path = write_export(plan, format, stem.with_suffix(suffix), metrics=metrics,
-                                    provenance=provenance)
+                                    provenance=provenance, mbpp_source=self.spec.mbpp or None,
+                                    lm=self.lm if format == "gguf" else None)
                 paths.append(str(path))
         return paths
 
