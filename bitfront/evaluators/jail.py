@@ -1,22 +1,23 @@
 """Inside the sandbox: holds the candidate's program and objects and answers the judge.
 
-Started by sandbox.py as `python -S -s -B jail.py LIMITS` (under bubblewrap), with stdin and
-stdout the channel from and to the judge and stderr a capped pipe. Under bubblewrap it first
-mounts its scratch space, a tmpfs bounded in bytes and in files, at /tmp (bubblewrap 0.8 cannot
-bound a tmpfs's inodes) and drops the two capabilities bubblewrap left it for that, for good.
-It sets its rlimits, moves the channel off fds 0 and 1 (stdin then reads, and print() writes,
-/dev/null), and serves:
+Started by sandbox.py as `python -S -B jail.py NAME=VALUE...` (its limits; under bubblewrap from
+its compiled code, `jail.pyc`), with stdin and stdout the channel from and to the judge and
+stderr a capped pipe. Under bubblewrap it first mounts its scratch space, a tmpfs bounded in
+bytes and in files, at /tmp (bubblewrap 0.8 cannot bound a tmpfs's inodes) and drops the two
+capabilities bubblewrap left it for that, for good. It sets its rlimits, moves the channel off
+fds 0 and 1 (stdin then reads, and print() writes, /dev/null), and serves:
 `["load", code]` runs the program; `["lookup", names]` gives the values those names have in
 it; `["call", h, args, kwargs]`, `["getattr", h, name]` and `["setattr", h, name, value]` use
 the object handle h names. Replies are `["ok", value]` or `["error", type, message, errno]`.
 Values cross by value (`wire`); what is not plain data stays here and crosses as a handle.
 Nothing here decides a verdict: the program may take this process over entirely and can only
-ever change the values the judge receives. Standard library only.
+ever change the values the judge receives. Standard library only, and no more of it than it
+needs: every program pays for the jail's start.
 """
 
 import builtins
 import ctypes
-import json
+import marshal
 import os
 import resource
 import sys
@@ -84,23 +85,25 @@ def serve(inbox: int, outbox: int) -> None:
 
     while True:
         try:
-            request = wire.receive(inbox)
+            request = marshal.loads(wire.receive(inbox))
         except EOFError:
             return
         try:
-            frame = wire.pack(["ok", wire.encode(answer(*request), handle)])
+            frame = wire.reply(["ok", wire.encode(answer(*request), handle)])
         except BaseException as exc:  # noqa: BLE001 - the program's failure, for the judge
-            frame = wire.pack(_describe(exc))
+            frame = wire.reply(_describe(exc))
         wire.send(outbox, frame)
 
 
 def main() -> None:
-    limits = json.loads(sys.argv[1])
+    """The limits, from the command line: `scratch=BYTES,FILES` (under bubblewrap),
+    `recursion=N`, and rlimits as `RLIMIT_AS=N` (soft and hard)."""
+    limits = dict(arg.split("=", 1) for arg in sys.argv[1:])
     if "scratch" in limits:
-        scratch(*limits.pop("scratch"))
-    sys.setrecursionlimit(limits.pop("recursion"))
-    for name, (soft, hard) in limits.items():
-        resource.setrlimit(getattr(resource, name), (soft, hard))
+        scratch(*map(int, limits.pop("scratch").split(",")))
+    sys.setrecursionlimit(int(limits.pop("recursion")))
+    for name, value in limits.items():
+        resource.setrlimit(getattr(resource, name), (int(value), int(value)))
     inbox, outbox = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)

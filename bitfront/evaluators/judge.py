@@ -1,27 +1,35 @@
 """The judge: runs a benchmark's tests, outside the sandbox, against a program that lives in it.
 
-Started by sandbox.py as `python -S -B judge.py TO_JAIL FROM_JAIL`, with the spec (`program`,
-`tests`, `entry_point`, `context`, `crosses`, `limits`) as JSON on stdin; writes its verdict as
-one JSON object to stdout. It sets its own rlimits and trusts only the task: the names the
-tests read but do not define are built-ins (the judge's own) or come from the task's own code
-(`context`: the statements of a reference solution or of HumanEval's prompt that bind them,
-such as `poly` or `import sys`, run here), except the entry point and the classes the tests
-build arguments from (`crosses`), which alone are taken from the program; an entry point is
-never a built-in unless the task's code defines it (MBPP's `sum`). It sends the program to the
-jail, asks it for those names, and runs each test here. A name's value crosses by value
-if it is plain data; anything else (a function, a class, an instance) becomes a `Remote`:
-calling it, reading or setting its attributes are requests whose arguments and results cross by
-value (`wire`), and it cannot be compared, hashed or tested for truth, so no object of the
-program's ever takes part in an assertion. The verdict is decided here: passed when every test
-ran without an exception.
+Started once by sandbox.py as `python -S -B judge.py CONTROL`, a fork server: for each request
+on the socket CONTROL it forks a judge, which reads the spec (`program`, `tests`,
+`entry_point`, `context`, `crosses`, `limits`) as JSON from its channel to the evaluator, sets
+its own rlimits and writes its verdict there as one JSON object. The server itself runs nothing
+of a task's or a program's, so every judge starts from the same state, that of a fresh
+interpreter that imported this module, and nothing of one judge reaches another.
+
+A judge trusts only the task: the names the tests read but do not define are built-ins (the
+judge's own) or come from the task's own code (`context`: the statements of a reference
+solution or of HumanEval's prompt that bind them, such as `poly` or `import sys`, run here),
+except the entry point and the classes the tests build arguments from (`crosses`), which alone
+are taken from the program; an entry point is never a built-in unless the task's code defines
+it (MBPP's `sum`). It sends the program to the jail, asks it for those names, and runs each
+test here. A name's value crosses by value if it is plain data; anything else (a function, a
+class, an instance) becomes a `Remote`: calling it, reading or setting its attributes are
+requests whose arguments and results cross by value (`wire`), and it cannot be compared,
+hashed or tested for truth, so no object of the program's ever takes part in an assertion.
+The verdict is decided here: passed when every test ran without an exception.
 """
 
 import ast
 import builtins
+import contextlib
 import errno
 import json
 import os
 import resource
+import select
+import signal
+import socket
 import sys
 
 import wire
@@ -91,12 +99,12 @@ class Channel:
         return Remote(self, handle)
 
     def request(self, op: str, *args):
-        frame = wire.pack([op, *(wire.encode(arg, self._handle) for arg in args)])
+        frame = wire.request([op, *(wire.encode(arg, self._handle) for arg in args)])
         if self.lost:
             raise self.lost
         try:
             wire.send(self.to_jail, frame)
-            reply = wire.receive(self.from_jail, wire.MAX_REPLY)  # capped before parsing
+            reply = json.loads(wire.receive(self.from_jail, wire.MAX_REPLY))  # capped first
             if reply[0] == "ok" and len(reply) == 2:
                 return wire.decode(reply[1], self._remote)
             if reply[0] != "error" or len(reply) != 4:
@@ -229,20 +237,63 @@ def judge(spec: dict, channel: Channel) -> dict:
     return {"status": "passed", "detail": ""}
 
 
-def main() -> None:
-    spec = json.load(sys.stdin)
+def serve(control: socket.socket) -> None:
+    """The fork server. A request on `control` is a message with four descriptors: the
+    judge's channel to the evaluator, to the jail and from it, and a lease. Each gets a judge
+    of its own, killed with its process group and reaped when the lease ends (the evaluator
+    shut its end, or has gone), after which the server closes its end of the lease; every
+    judge ends when `control` does."""
+    leases: dict[socket.socket, int] = {}
+    while True:
+        for ready in select.select([control, *leases], [], [])[0]:
+            if ready is not control:
+                _end(leases.pop(ready))
+                ready.close()
+                continue
+            fds = socket.recv_fds(control, 1, 4)[1]
+            if len(fds) != 4:  # the evaluator has gone
+                for pid in leases.values():
+                    _end(pid)
+                return
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    for held in (control, *leases):
+                        held.close()
+                    os.close(fds[3])
+                    _judge(*fds[:3])
+                finally:
+                    os._exit(0)
+            for fd in fds[:3]:
+                os.close(fd)
+            leases[socket.socket(fileno=fds[3])] = pid
+
+
+def _end(pid: int) -> None:
+    """Kill a judge (not reaped yet, so its pid and process group are still its own) and
+    reap it."""
+    for kill in (os.killpg, os.kill):  # the group from its setsid on
+        with contextlib.suppress(ProcessLookupError):
+            kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def _judge(channel: int, to_jail: int, from_jail: int) -> None:
+    """One judge, in a session of its own: the spec to the end of `channel`, the verdict back
+    on it. What the tests print goes nowhere (the server's stdout is /dev/null)."""
+    os.setsid()
+    chunks = []
+    while chunk := os.read(channel, 1 << 16):
+        chunks.append(chunk)
+    spec = json.loads(b"".join(chunks))
     for name, (soft, hard) in spec["limits"].items():
         resource.setrlimit(getattr(resource, name), (soft, hard))
-    verdict_fd = os.dup(1)
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)  # what the tests print goes nowhere
     try:
-        verdict = judge(spec, Channel(int(sys.argv[1]), int(sys.argv[2])))
+        verdict = judge(spec, Channel(to_jail, from_jail))
     except BaseException as exc:  # noqa: BLE001 - our own failure, still a verdict
         verdict = {"status": "crashed", "detail": f"judge: {type(exc).__name__}: {exc}"[:500]}
-    os.write(verdict_fd, json.dumps(verdict).encode())
+    wire.send(channel, json.dumps(verdict).encode())
 
 
 if __name__ == "__main__":
-    main()
+    serve(socket.socket(fileno=int(sys.argv[1])))

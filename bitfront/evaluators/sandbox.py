@@ -1,30 +1,34 @@
 """Running untrusted generated code: the program lives in a bubblewrap sandbox, a judge decides.
 
-Each program takes two processes, started together and joined by two pipes:
+Each program takes two processes, started together and joined by two pipes (what makes one
+costs a few tens of milliseconds of CPU, most of it the jail's interpreter start):
 
 - the jail (`jail.py`), under bubblewrap (`bwrap`): new user, PID, network, IPC, UTS and cgroup
-  namespaces, and no further namespaces inside (seccomp); no capabilities; a new session;
-  killed with its parent. It is the sandbox's PID 1 and only process (`--as-pid-1`: no init of
+  namespaces, and no further namespaces inside (seccomp); no capabilities; a new session; killed
+  with its parent. It is the sandbox's PID 1 and only process (`--as-pid-1`: no init of
   bubblewrap's inside), so its own signals cannot end it, and bwrap, which reaps it, reports its
-  CPU time to the host. Its root holds only, read-only: the Python runtime (the interpreter,
-  its standard library and libpython; the shared libraries of /usr/lib), the two files of ours
-  it runs, a fresh /proc, and /dev/null, /dev/zero and /dev/urandom; /tmp is an empty tmpfs of
-  `scratch_bytes` and `scratch_files` inodes, its working directory and the only writable
-  place (the jail mounts it itself, with the two capabilities bubblewrap leaves it for that
-  alone, then drops them: bubblewrap 0.8 cannot bound a tmpfs's inodes). No host /run, /tmp,
-  sockets or other devices, and nothing of the evaluator's environment: bubblewrap itself is
-  started with the sandbox's own few variables. A seccomp filter (`_seccomp_filter`) refuses
-  new processes (threads are allowed), SysV IPC objects and memfds, which no rlimit would
-  bound, ptrace and its kin, file modes, attributes and times, and file locks. Its threads are
-  capped at `processes` tasks by a pids cgroup of its own where this process can make one
-  (`_pids_cgroups`), else by RLIMIT_NPROC, which binds every user but root: run by root,
-  bubblewrap maps the sandbox's user to root itself (without capabilities), so root without
-  a pids cgroup is warned that threads are bounded by memory only. Root also owns the host's
-  device nodes bound in (hence no chmod), and may write /proc/sys even so, hence the read-only
-  /proc.
+  CPU time to the host. Its root holds only, read-only: the Python runtime (the interpreter, its
+  standard library and libpython; the shared libraries of /usr/lib), the code of ours it runs
+  (`jail.py` and `wire.py`, compiled once per evaluator: `_compiled`), a fresh /proc, and
+  /dev/null, /dev/zero and /dev/urandom; /tmp is an empty tmpfs of `scratch_bytes` and
+  `scratch_files` inodes, its working directory and the only writable place (the jail mounts it
+  itself, with the two capabilities bubblewrap leaves it for that alone, then drops them:
+  bubblewrap 0.8 cannot bound a tmpfs's inodes). No host /run, /tmp, sockets or other devices,
+  and nothing of the evaluator's environment: bubblewrap itself is started with the sandbox's
+  own few variables. A seccomp filter (`_seccomp_filter`) refuses new processes (threads are
+  allowed), SysV IPC objects and memfds, which no rlimit would bound, ptrace and its kin, file
+  modes, attributes and times, and file locks. Its threads are capped at `processes` tasks by a
+  pids cgroup of its own where this process can make one (`_pids_cgroups`), else by
+  RLIMIT_NPROC, which binds every user but root: run by root, bubblewrap maps the sandbox's user
+  to root itself (without capabilities), so root without a pids cgroup is warned that threads
+  are bounded by memory only. Root also owns the host's device nodes bound in (hence no chmod),
+  and may write /proc/sys even so, hence the read-only /proc.
 - the judge (`judge.py`), outside, which runs the benchmark's tests and calls the program's
   functions over the pipes with arguments and results as plain data (`wire.py`). The verdict is
-  decided there: nothing the program does to its own interpreter reaches it.
+  decided there: nothing the program does to its own interpreter reaches it. Each judge is a
+  fork of a judge server started once per evaluator (`_Judges`), which runs nothing of any task
+  or program itself: every judge starts from that same fresh state, in a session of its own, and
+  is killed and reaped when its program is done (or its evaluator has gone).
 
 What one program can take is bounded: one process (seccomp) whose address space, threads
 included, is at most `memory_bytes`; files in /tmp of at most `scratch_bytes` in all
@@ -51,17 +55,21 @@ judge): unsafe, for machines where bubblewrap cannot run.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
 import errno
 import functools
+import importlib.util
 import json
+import marshal
 import os
 import resource
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -195,11 +203,10 @@ def _run(program: Program, limits: Limits, deadline: float) -> Outcome:
     with contextlib.ExitStack() as stack:
         pipes = [*os.pipe(), *os.pipe()]  # to the jail (read, write), from it (read, write)
         stack.callback(_close_all, pipes)
-        judge = subprocess.Popen(
-            [_interpreter(), "-S", "-B", str(_HERE / "judge.py"), str(pipes[1]), str(pipes[2])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_ENV,
-            cwd="/", pass_fds=(pipes[1], pipes[2]), start_new_session=True)
-        stack.callback(_kill, judge)
+        channel, theirs = socket.socketpair()  # to the judge: the spec, then its verdict
+        stack.enter_context(channel)
+        with theirs:
+            stack.callback(_release, _JUDGES.fork(theirs.fileno(), pipes[1], pipes[2]))
         err_read, err_write = os.pipe()  # the jail's stderr: a pipe, never a host file
         pipes.append(err_write)
         tail = _Tail(err_read, limits.file_bytes)  # ends when every writer has gone
@@ -214,9 +221,8 @@ def _run(program: Program, limits: Limits, deadline: float) -> Outcome:
                 "limits": {"RLIMIT_CPU": [limits.cpu_seconds, limits.cpu_seconds + 1],
                            "RLIMIT_AS": [limits.memory_bytes] * 2}}
         try:
-            raw, _ = judge.communicate(json.dumps(spec).encode(),
-                                       timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+            raw = _exchange(channel, json.dumps(spec).encode(), deadline)
+        except TimeoutError:
             jail.stop()
             return Outcome("timeout", detail=f"wall clock exceeded {limits.timeout:g} s",
                            stderr_tail=tail.text())
@@ -230,6 +236,86 @@ def _run(program: Program, limits: Limits, deadline: float) -> Outcome:
                 outcome["detail"] += f" (killed by signal {sig})"
         jail.stop()  # then the tail of its stderr is complete
         return Outcome(**outcome, stderr_tail=tail.text())
+
+
+def _exchange(channel: socket.socket, spec: bytes, deadline: float) -> bytes:
+    """Send the judge its spec and read what it sends back to the end (TimeoutError at
+    `deadline`; a judge that went early just sends less)."""
+    def left() -> float:
+        if (seconds := deadline - time.monotonic()) <= 0:
+            raise TimeoutError
+        return seconds
+
+    raw = bytearray()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        channel.settimeout(left())
+        channel.sendall(spec)
+        channel.shutdown(socket.SHUT_WR)
+        while True:
+            channel.settimeout(left())
+            if not (chunk := channel.recv(1 << 16)):
+                break
+            raw += chunk
+    return bytes(raw)
+
+
+class _Judges:
+    """The judges' fork server (`judge.py`), started on first use, with the sandbox's
+    environment and none of this process's descriptors but its end of `control`; it ends
+    when this process closes that end (at exit, or when it dies)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.process: subprocess.Popen | None = None
+        self.control: socket.socket | None = None
+        atexit.register(self.stop)
+
+    def fork(self, channel: int, to_jail: int, from_jail: int) -> socket.socket:
+        """A new judge on these descriptors (its channel to this process, to the jail, from
+        the jail); returns its lease, which `_release` ends."""
+        lease, theirs = socket.socketpair()
+        try:
+            with theirs, self.lock:
+                if self.process is None or self.process.poll() is not None:
+                    self.stop()
+                    self._start()
+                socket.send_fds(self.control, [b"j"], [channel, to_jail, from_jail,
+                                                       theirs.fileno()])
+        except BaseException:
+            lease.close()
+            raise
+        return lease
+
+    def _start(self) -> None:
+        control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self.process = subprocess.Popen(
+                [_interpreter(), "-S", "-B", str(_HERE / "judge.py"), str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=_ENV, cwd="/", pass_fds=(theirs.fileno(),), start_new_session=True)
+        self.control = control
+
+    def stop(self) -> None:
+        """End the server (it kills and reaps its judges first) and reap it."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5.0)
+            _kill(self.process)
+            self.process = None
+
+
+_JUDGES = _Judges()
+
+
+def _release(lease: socket.socket) -> None:
+    """End a judge's lease: the server kills and reaps the judge, then closes its end."""
+    with lease, contextlib.suppress(OSError):
+        lease.shutdown(socket.SHUT_WR)
+        lease.settimeout(5.0)
+        lease.recv(1)
 
 
 class _Tail(threading.Thread):
@@ -281,7 +367,7 @@ class _Unsandboxed:
         try:
             self.process = subprocess.Popen(
                 [*_own_limits(limits), _interpreter(), "-S", "-B", str(_HERE / "jail.py"),
-                 _jail_limits(limits)],
+                 *_jail_limits(limits)],
                 stdin=stdin, stdout=stdout, stderr=stderr, cwd=self.workdir, env=_ENV,
                 start_new_session=True)
         except BaseException:
@@ -310,14 +396,19 @@ class _Jail:
     def __init__(self, limits: Limits, stdin: int, stdout: int, stderr: int):
         self.child = -1
         self.cgroup = _make_cgroup(_pids_cgroups(), limits.processes)
-        fds = [*os.pipe(), *os.pipe()]
-        seccomp, seccomp_w, info, info_w = fds
         enter = [_sh(), "-c", _ENTER, f"{self.cgroup}/cgroup.procs"] if self.cgroup else []
+        fds: list[int] = []
         try:
-            os.write(seccomp_w, _seccomp_filter())
+            inputs = {}  # what bwrap reads, each from a pipe it fits in: the filter, the code
+            for name, data in {"seccomp": _seccomp_filter(), **_compiled()}.items():
+                inputs[name], write = os.pipe()
+                fds += [inputs[name], write]
+                os.write(write, data)
+            info, info_w = os.pipe()
+            fds += [info, info_w]
             self.process = subprocess.Popen(  # bwrap's own environment is the sandbox's
-                [*enter, *_bwrap_command(limits, seccomp, info_w)], stdin=stdin,
-                stdout=stdout, stderr=stderr, pass_fds=(seccomp, info_w),
+                [*enter, *_bwrap_command(limits, inputs, info_w)], stdin=stdin,
+                stdout=stdout, stderr=stderr, pass_fds=(*inputs.values(), info_w),
                 start_new_session=True, env=_ENV)
             fds.remove(info)
         except BaseException:
@@ -389,16 +480,16 @@ def _remove(path: str) -> None:
                        stderr=subprocess.DEVNULL, check=False)
 
 
-def _jail_limits(limits: Limits, scratch: bool = False) -> str:
+def _jail_limits(limits: Limits, scratch: bool = False) -> list[str]:
     """The jail's rlimits (it sets them on itself, inside its namespaces, so that the
     process count is that of the sandbox's user namespace; not the CPU time, which it has from
-    prlimit) and, with `scratch`, the tmpfs it mounts at /tmp, as its command-line argument."""
-    return json.dumps({
-        **({"scratch": [limits.scratch_bytes, limits.scratch_files]} if scratch else {}),
-        "recursion": limits.recursion_limit,
-        "RLIMIT_AS": [limits.memory_bytes] * 2, "RLIMIT_FSIZE": [limits.file_bytes] * 2,
-        "RLIMIT_NOFILE": [limits.open_files] * 2, "RLIMIT_NPROC": [limits.processes] * 2,
-        "RLIMIT_CORE": [0, 0]})
+    prlimit) and, with `scratch`, the tmpfs it mounts at /tmp, as its command-line arguments."""
+    rlimits = {"RLIMIT_AS": limits.memory_bytes, "RLIMIT_FSIZE": limits.file_bytes,
+               "RLIMIT_NOFILE": limits.open_files, "RLIMIT_NPROC": limits.processes,
+               "RLIMIT_CORE": 0}
+    return [*([f"scratch={limits.scratch_bytes},{limits.scratch_files}"] if scratch else []),
+            f"recursion={limits.recursion_limit}",
+            *(f"{name}={value}" for name, value in rlimits.items())]
 
 
 def _own_limits(limits: Limits) -> list[str]:
@@ -419,17 +510,30 @@ def _prlimit() -> str:
     return found
 
 
-def _bwrap_command(limits: Limits, seccomp_fd: int, info_fd: int) -> list[str]:
+def _bwrap_command(limits: Limits, inputs: dict[str, int], info_fd: int) -> list[str]:
+    """bwrap's command line (under prlimit), reading the seccomp filter and the jail's
+    compiled code from the descriptors `inputs` names."""
     command = [_bwrap(), "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
                "--unshare-uts", "--unshare-cgroup", "--as-pid-1", "--hostname", "sandbox",
                "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--cap-add",
                "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP", "--clearenv"]  # the jail's scratch
     for name, value in _ENV.items():
         command += ["--setenv", name, value]
+    for name in _compiled():
+        command += ["--ro-bind-data", str(inputs[name]), f"{_INSIDE}/{name}"]
     return [*_own_limits(limits), *command, *_mounts(), "--dir", "/tmp",
-            "--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd),
+            "--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(inputs["seccomp"]),
             "--info-fd", str(info_fd), "--", _interpreter(), "-S", "-B",
-            f"{_INSIDE}/jail.py", _jail_limits(limits, scratch=True)]
+            f"{_INSIDE}/jail.pyc", *_jail_limits(limits, scratch=True)]
+
+
+@functools.cache
+def _compiled() -> dict[str, bytes]:
+    """The jail's two modules as .pyc files (by name; PEP 552's header, with no source to
+    check), compiled once: the jail runs from these (so no program pays for compiling them)."""
+    return {f"{name}c": importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(
+        compile((_HERE / name).read_text(), f"{_INSIDE}/{name}", "exec"))
+        for name in ("jail.py", "wire.py")}
 
 
 # Run by sh, which moves itself into the cgroup "$0", then becomes the command that follows.
@@ -544,7 +648,7 @@ def _interpreter() -> str:
 @functools.cache
 def _mounts() -> tuple[str, ...]:
     """bwrap's mounts: the shared libraries, the Python runtime (interpreter, standard
-    library, libpython; not the venv), our two files, /proc and three devices. Read-only."""
+    library, libpython; not the venv), /proc and three devices. Read-only."""
     mounts, bound = [], []
     for path in ("/usr/lib", "/usr/lib64", "/lib", "/lib64"):
         if os.path.islink(path):
@@ -561,8 +665,6 @@ def _mounts() -> tuple[str, ...]:
         if not any(path == b or path.startswith(b + "/") for b in bound):
             mounts += ["--ro-bind", path, path]
             bound.append(path)
-    for name in ("jail.py", "wire.py"):
-        mounts += ["--ro-bind", str(_HERE / name), f"{_INSIDE}/{name}"]
     mounts += ["--proc", "/proc", "--remount-ro", "/proc"]
     for device in _DEVICES:
         mounts += ["--dev-bind", device, device]
