@@ -532,7 +532,7 @@ def _compiled() -> dict[str, bytes]:
     """The jail's two modules as .pyc files (by name; PEP 552's header, with no source to
     check), compiled once: the jail runs from these (so no program pays for compiling them)."""
     return {f"{name}c": importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(
-        compile((_HERE / name).read_text(), f"{_INSIDE}/{name}", "exec"))
+        compile((_HERE / name).read_text(), f"{_INSIDE}/{name}", "exec", dont_inherit=True))
         for name in ("jail.py", "wire.py")}
 
 
