@@ -12,7 +12,9 @@ q4_0, q4_K -> q5_0, else f16); the export predicts and records which tensors got
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import tempfile
 from collections import Counter
@@ -107,9 +109,7 @@ def stored_type(tensor: torch.Tensor) -> str:
 def plan_tensor_types(lm: CodeLM, plan: BitPlan, arch: str) -> dict[str, str]:
     """GGUF tensor -> the ggml type of its plan layer (a tied head names the embedding)."""
     plan.validate(plan_space(lm, plan), lm.fingerprint())
-    names = gguf_tensor_names(list(plan.specs), arch)
-    if lm.module.config.tie_word_embeddings and "lm_head" in names:
-        names["lm_head"] = names.get("model.embed_tokens", "token_embd.weight")
+    names = layer_tensors(lm, list(plan.specs), arch)
     types: dict[str, str] = {}
     for module, spec in plan.specs.items():
         kind = GGML_TYPES[spec.bits]
@@ -117,6 +117,14 @@ def plan_tensor_types(lm: CodeLM, plan: BitPlan, arch: str) -> dict[str, str]:
             raise PlanError(f"{names[module]} holds the tied head and the embeddings: give "
                             "both the same bits for a GGUF export")
     return types
+
+
+def layer_tensors(lm: CodeLM, modules: list[str], arch: str) -> dict[str, str]:
+    """The GGUF tensor of each module (a head tied to the embeddings: the token embedding)."""
+    names = gguf_tensor_names(modules, arch)
+    if lm.module.config.tie_word_embeddings and "lm_head" in names:
+        names["lm_head"] = "token_embd.weight"
+    return names
 
 
 def written_type(kind: str, row: int) -> str:
@@ -170,8 +178,15 @@ def write_source(lm: CodeLM, path: Path) -> None:
         writer.add_tensor(name, tensor.to("cpu", dtype).contiguous().numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        writer.write_tensors_to_file()
+    except OSError as exc:
+        if exc.errno is not None:
+            raise
+        # numpy's tofile reports a short write without its cause: on a file, a full disk.
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
+    finally:
+        writer.close()
 
 
 def activation_importance(lm: CodeLM, plan: BitPlan, arch: str, *, mbpp_source=None
@@ -186,9 +201,7 @@ def activation_importance(lm: CodeLM, plan: BitPlan, arch: str, *, mbpp_source=N
     calibration = plan_calibration(lm, plan, mbpp_source=mbpp_source)
     forward = partial(lm.calibration_forward, head=any(m is lm.head for m in linears.values()))
     hessians = capture_hessians(forward, linears, calibration.batches, diagonal=True)
-    names = gguf_tensor_names(list(linears), arch)
-    if lm.module.config.tie_word_embeddings and "lm_head" in names:
-        names["lm_head"] = "token_embd.weight"
+    names = layer_tensors(lm, list(linears), arch)
     return {names[name]: (hessians[name] / 2).float().cpu().numpy() for name in linears}
 
 
