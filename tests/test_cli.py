@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -113,11 +114,18 @@ def test_search_best_and_export_for_batch_jobs(tmp_path, micro_pair):
     res = bitfront_cmd("best", "pocket-ar-micro", "--memory", "1KB", cwd=tmp_path)
     assert res.returncode == 3
     assert res.stdout.strip().startswith("no plan within budget; the smallest is")
-    for fmt in ("json", "gptqmodel", "llama-cpp"):
+    gguf = ["gguf"] if importlib.util.find_spec("llama_cpp") else []  # the llama extra
+    for fmt in ("json", "gptqmodel", "llama-cpp", *gguf):
         out = tmp_path / f"export.{fmt}"
         res = bitfront_cmd("export", str(run), "--trial", str(best["trial"]), "--format", fmt,
                            "--out", str(out), cwd=tmp_path)
         assert res.returncode == 0, res.stderr
+        if fmt == "gguf":  # micro rows (64, 192) take no k-quant: the fallbacks are printed
+            record = json.loads(out.with_name(out.name + ".json").read_text())
+            assert record["bytes"] == out.stat().st_size and record["fallbacks"]
+            assert "plan tensors by type written: " in res.stdout
+            assert "fallback q" in res.stdout and f"{record['bytes']} bytes" in res.stdout
+            continue
         text = out.read_text()
         if fmt == "json":
             assert json.loads(text)["provenance"]["trial"] == best["trial"]
