@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from bitfront.runtimes.llama_cpp import llama_cpp_installed
 from bitfront.studies.compare import compare_runs, load_front
 from bitfront.studies.runner import run_study
 from bitfront.studies.spec import STAGES, SpecError, finished, load_spec, parse_spec
@@ -40,6 +41,9 @@ def test_study_report_holds_every_part(micro_run):
         assert 0 < model["hypervolume"] <= 1 and model["front"] and model["knee"] is not None
         assert 1 <= len(model["verified"]) <= spec.verify.front
         assert all(Path(p).exists() for p in model["exports"])
+        gguf = [p for p in model["exports"] if p.endswith(".gguf")]
+        assert len(gguf) == (len(model["verified"]) if label == "ar" and llama_cpp_installed()
+                             else 0)  # llama.cpp has no diffusion architecture
         assert "kendall_tau" in model["fidelity"] and model["fidelity"]["bench"] == "pocket"
         assert model["fidelity"]["plans"] == 3 + len(model["verified"]) + 2  # uniform, front, mixed
         mixed = json.loads((run_dir / label / "mixed.json").read_text())["result"]
