@@ -134,6 +134,15 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(micro_lm, small_disk):  # no
     assert "\n" not in str(info.value) and list(small_disk.iterdir()) == []
 
 
+def test_a_file_llama_cpp_cannot_load_is_one_line(tmp_path):
+    path = tmp_path / "not.gguf"
+    path.write_text("not a model")
+    for bad, reason in ((path, "invalid magic"), (tmp_path / "missing.gguf", "no GGUF file")):
+        with pytest.raises(BitfrontError, match=reason) as info:
+            load_llama(bad)
+        assert "\n" not in str(info.value)
+
+
 def test_without_the_extra_the_export_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
     with pytest.raises(BitfrontError, match=r"pip install 'bitfront\[llama\]'"):

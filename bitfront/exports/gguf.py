@@ -33,6 +33,7 @@ from bitfront.models.base import CodeLM
 from bitfront.paths import atomic_files
 from bitfront.quant.apply import plan_calibration, plan_space
 from bitfront.space.plan import BitPlan
+from bitfront.units import format_bytes
 
 SCHEMA = 1
 # Hugging Face model type -> (llama.cpp architecture, whether q/k rows are permuted: llama.cpp's
@@ -216,6 +217,7 @@ def export_gguf(lm: CodeLM, plan: BitPlan, path: str | Path, *, importance: bool
     llama_cpp = require_llama_cpp()
     path = Path(path)
     arch, permute = gguf_arch(lm)
+    rows = {name: t.shape[-1] for name, t in source_tensors(lm, arch, permute).items()}
     wanted = plan_tensor_types(lm, plan, arch)
     predicted = predicted_types(lm, plan)
     matrix = activation_importance(lm, plan, arch, mbpp_source=mbpp_source) if importance else {}
@@ -226,12 +228,10 @@ def export_gguf(lm: CodeLM, plan: BitPlan, path: str | Path, *, importance: bool
         types = quantize_gguf(source, scratch / path.name, wanted, imatrix=matrix,
                               threads=threads)
         source.unlink()
-        if types != predicted:
+        if types != predicted:  # bitfront's model of llama.cpp's rules is wrong: a bug
             differ = next(n for n in types if types[n] != predicted.get(n))
-            raise BitfrontError(f"llama.cpp wrote {differ} as {types[differ]}, not the "
-                                f"predicted {predicted.get(differ)}: this llama.cpp's fallback "
-                                "rules differ from bitfront's (llama-cpp-python 0.3.36)")
-        rows = {name: t.shape[-1] for name, t in source_tensors(lm, arch, permute).items()}
+            raise RuntimeError(f"llama.cpp wrote {differ} as {types[differ]}, bitfront "
+                               f"predicted {predicted.get(differ)}")
         fallbacks = {name: {"plan": kind, "written": types[name], "row": rows[name]}
                      for name, kind in wanted.items() if types[name] != kind}
         size = (scratch / path.name).stat().st_size
@@ -250,8 +250,6 @@ def export_gguf(lm: CodeLM, plan: BitPlan, path: str | Path, *, importance: bool
 def summary(path: Path) -> list[str]:
     """What a person reads after exporting `path`: the plan tensors' types as written, each
     fallback llama.cpp made, and the file's size beside the prediction (from its record)."""
-    from bitfront.units import format_bytes
-
     record_path = path.with_name(path.name + ".json")
     record = json.loads(record_path.read_text())
     counts = Counter(record["types"][name] for name in record["plan_types"])

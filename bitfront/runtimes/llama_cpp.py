@@ -48,13 +48,15 @@ def load_llama(path: str | Path, *, n_ctx: int = 2048, threads: int | None = Non
     if not path.is_file():
         raise BitfrontError(f"no GGUF file at {path}")
     threads = threads or default_threads()
-    try:
-        return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads,
-                               n_threads_batch=threads, logits_all=logits_all, seed=seed,
-                               n_gpu_layers=0, verbose=False)
-    except ValueError as exc:
-        raise BitfrontError(f"llama.cpp cannot load {path} ({exc}); is it a GGUF of an "
-                            "architecture llama.cpp knows?") from None
+    with llama_log(llama_cpp) as log:
+        try:
+            return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads,
+                                   n_threads_batch=threads, logits_all=logits_all, seed=seed,
+                                   n_gpu_layers=0, verbose=False)
+        except ValueError:
+            reason = next((line.strip() for line in log if line.strip()), "")  # the cause
+            raise BitfrontError(f"llama.cpp cannot load {path}: {reason or 'see its log'}"
+                                ) from None
 
 
 def ggml_type(name: str) -> int:
