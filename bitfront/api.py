@@ -43,6 +43,7 @@ from bitfront.quant.apply import candidates_for_plan, packed_module
 from bitfront.quant.calibration import calibration_set
 from bitfront.quant.candidates import Candidates
 from bitfront.quant.candidates import build_candidates as _build_candidates
+from bitfront.runtimes.llama_lm import EVAL_RUNTIMES, LlamaLM
 from bitfront.space.layers import layer_space
 from bitfront.space.plan import BitPlan
 from bitfront.studies.spec import StudySpec, load_spec
@@ -169,14 +170,28 @@ def export(plan: BitPlan | tuple[SearchResult, Point], format: str, path: str | 
                         metrics=metrics, provenance=provenance, mbpp_source=mbpp)
 
 
-def evaluate(lm: CodeLM, config: EvalConfig = EvalConfig(), *, plan: BitPlan | None = None,
-             out: str | Path | None = None, mbpp: str | None = None,
-             show_progress: bool = True) -> dict:
-    """Full pass@k of `lm` (with `plan` applied, if given) through the sandbox; resumable
-    through the journal beside `out`."""
+def evaluate(lm: CodeLM | str | Path, config: EvalConfig = EvalConfig(), *,
+             plan: BitPlan | None = None, out: str | Path | None = None,
+             mbpp: str | None = None, runtime: str = "torch", show_progress: bool = True) -> dict:
+    """Full pass@k of `lm` (a model, or a name to load; with `plan` applied, if given) through
+    the sandbox; resumable through the journal beside `out`. With `runtime="llama.cpp"`, `lm`
+    is a .gguf file and llama.cpp writes the answers (default `out`: BENCH-llama.cpp.json)."""
     from bitfront.objectives.fidelity import plan_model_key
     from bitfront.quant.apply import PlanApplier
 
+    if runtime not in EVAL_RUNTIMES:
+        raise BitfrontError(f"unknown runtime {runtime!r}; choose from {EVAL_RUNTIMES}")
+    if runtime == "llama.cpp":
+        if plan is not None:
+            raise BitfrontError("llama.cpp runs a GGUF as it is: export the plan with "
+                                "`--format gguf` and evaluate that file")
+        if isinstance(lm, CodeLM):
+            raise BitfrontError("llama.cpp loads the model itself: pass the .gguf file's path")
+        out = Path(out) if out else run_dir("eval", str(lm)) / f"{config.bench}-llama.cpp.json"
+        return _evaluate(LlamaLM(lm), config, out, mbpp_source=mbpp,
+                         show_progress=show_progress)
+    if not isinstance(lm, CodeLM):
+        lm = load_model(str(lm), show_progress=show_progress)
     out = Path(out) if out else run_dir("eval", lm.name) / f"{config.bench}.json"
     if plan is None:
         return _evaluate(lm, config, out, mbpp_source=mbpp, show_progress=show_progress)

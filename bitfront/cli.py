@@ -162,17 +162,23 @@ def cmd_eval(args) -> int:
     from bitfront.space.plan import BitPlan
 
     config = _eval_config(args)
-    lm = _load(args)
+    llama = args.runtime == "llama.cpp"
+    if llama and (given := [f"--{f}" for f in ("device", "dtype", "attn") if getattr(args, f)]):
+        raise BitfrontError(f"{', '.join(given)}: torch settings; llama.cpp runs the GGUF's "
+                            "own tensor types on the CPU")
+    lm = args.model if llama else _load(args)  # llama.cpp loads the file itself
     plan = BitPlan.load(Path(args.plan)) if args.plan else None
-    tag = (plan.meta.get("name") or Path(args.plan).stem) if plan else "16bit"
+    tag = (plan.meta.get("name") or Path(args.plan).stem) if plan else (
+        "llama.cpp" if llama else "16bit")
     out_path = Path(args.out) if args.out else run_dir("eval", args.model) / (
         f"{args.bench}-{tag}.json")
-    report = bitfront.evaluate(lm, config, plan=plan, out=out_path, mbpp=_mbpp(args))
+    report = bitfront.evaluate(lm, config, plan=plan, out=out_path, mbpp=_mbpp(args),
+                               runtime=args.runtime)
     scores = ", ".join(f"{k} {report[k]:.1%} [{report[k + '_interval'][0]:.1%}, "
                        f"{report[k + '_interval'][1]:.1%}]" for k in report
                        if k.startswith("pass@") and not k.endswith("_interval"))
-    out.print(f"{lm.name} on {args.bench} ({report['tasks']} tasks, {report['style']} prompts"
-              f"{', plan ' + tag if plan else ''}): {scores}")
+    out.print(f"{report['model']} on {args.bench} ({report['tasks']} tasks, "
+              f"{report['style']} prompts{', plan ' + tag if plan else ''}): {scores}")
     out.print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(report["outcomes"].items())))
     out.print(f"wrote {out_path}", soft_wrap=True)
     return EXIT_OK

@@ -164,6 +164,12 @@ def build(cli, argv: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--out", help="report file (default runs/eval/MODEL/BENCH-PLAN.json); "
                                  "re-running resumes it")
     p.add_argument("--mbpp", help=MBPP_HELP)
+    if named == "eval":
+        from bitfront.runtimes.llama_lm import EVAL_RUNTIMES
+
+        p.add_argument("--runtime", choices=EVAL_RUNTIMES, default="torch",
+                       help="what writes the answers: torch (bitfront's model), or llama.cpp "
+                            "(a .gguf file as llama.cpp runs it; needs bitfront[llama])")
     _evaluation(p, required=True)
 
     p = verb("fidelity", "does the proxy rank plans like pass@1?", cli.cmd_fidelity)

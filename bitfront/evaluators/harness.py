@@ -13,8 +13,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -35,7 +37,7 @@ from bitfront.evaluators.prompts import (
     sanitize,
 )
 from bitfront.evaluators.sandbox import Limits, Program, require_sandbox, run_programs
-from bitfront.models.base import CodeLM, GenerationOptions, cut_at_stops
+from bitfront.models.base import GenerationOptions, PromptLike, cut_at_stops
 from bitfront.models.diffusion_sampling import DiffusionOptions
 from bitfront.paths import write_atomic
 from bitfront.progress import progress_bar
@@ -52,6 +54,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+class Generator(Protocol):
+    """What the harness asks of a model: a `CodeLM`, or a GGUF run by llama.cpp
+    (runtimes/llama_lm.py)."""
+
+    name: str
+    family: str
+    use_chat: bool
+
+    def fingerprint(self) -> str: ...
+
+    def generate(self, prompts: Sequence[PromptLike], options: GenerationOptions | None = None,
+                 **overrides) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -192,7 +208,7 @@ def _read_journal(path: Path, key: str) -> dict[str, dict] | None:
     return done
 
 
-def evaluate(lm: CodeLM, config: EvalConfig, out: Path, *, model_key: str | None = None,
+def evaluate(lm: Generator, config: EvalConfig, out: Path, *, model_key: str | None = None,
              mbpp_source=None, show_progress: bool = True) -> dict:
     """Run (or resume) an evaluation and write its JSON report to `out`; returns it."""
     style = config.style or default_style(lm)
@@ -253,7 +269,7 @@ def eval_batches(tasks: list[BenchTask], config: EvalConfig) -> list[list[BenchT
     return [ordered[i : i + per_batch] for i in range(0, len(ordered), per_batch)]
 
 
-def generate_answers(lm: CodeLM, batch: list[BenchTask], number: int,
+def generate_answers(lm: Generator, batch: list[BenchTask], number: int,
                      config: EvalConfig) -> list[str]:
     """The `config.samples` answers of each task of batch `number`, task by task."""
     prompts = [t.prompt.prompt for t in batch for _ in range(config.samples)]
