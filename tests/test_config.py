@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bitfront"
 # DESIGN.md's data flow, bottom to top; a package may import only from its own rank or below.
 LAYERS = [{"errors", "config", "units", "paths", "progress", "stats"},
           {"kernels", "models", "space"}, {"data"}, {"quant"}, {"evaluators", "pocket"},
-          {"objectives"}, {"planner"}, {"exports"}, {"studies"}, {"api"},
+          {"objectives", "exports", "runtimes"}, {"planner"}, {"studies"}, {"api"},
           {"flags", "cli_parser", "cli", "__init__", "__main__"}]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
