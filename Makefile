@@ -31,6 +31,7 @@ sandbox:
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@command -v c++ >/dev/null 2>&1 || { echo "error: the llama extra builds llama.cpp, which needs a C++ compiler: install one (e.g. 'sudo apt-get install g++'), then run make again" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
