@@ -80,7 +80,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"cpu-{torch.get_num_threads()}threads")
-    workload = Workload(prompt_len=args.prompt_len, answer_len=args.answer_len)
+    workload = Workload(prompt_len=args.prompt_len, answer_len=args.answer_len,
+                        backend="torch")
     validations = [cost_validation(m, workload) for m in args.models.split(",") if m]
     result = {
         "benchmark": "packed kernels, latency table and memory",

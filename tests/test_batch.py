@@ -171,7 +171,7 @@ def test_damaged_caches_are_recomputed(tmp_path, micro_pair):
     sens = bitfront.sensitivity(lm, setup, show_progress=False)
     cache = bitfront.build_candidates(lm, setup, show_progress=False).directory
     (path,) = cache.glob("sensitivity-*-p1-e*-s0-b1.json")
-    space, workload = layer_space(lm), Workload(prompt_len=8, answer_len=4)
+    space, workload = layer_space(lm), Workload(prompt_len=8, answer_len=4, backend="torch")
     table = measure_latency_table(lm, space, workload, bits=(2, 4), group_size=32, repeats=1,
                                   root=tmp_path, show_progress=False)
     (table_path,) = tmp_path.glob("*.json")

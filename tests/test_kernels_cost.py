@@ -121,7 +121,7 @@ def test_latency_table_is_additive_cached_and_validated(packed_setup, tmp_path):
     from bitfront.objectives.validation import validate_costs
 
     lm, space, cands = packed_setup
-    workload = Workload(prompt_len=8, answer_len=6)
+    workload = Workload(prompt_len=8, answer_len=6, backend="torch")
     table = measure_latency_table(lm, space, workload, group_size=32, repeats=1,
                                   root=tmp_path, show_progress=False)
     assert set(k.split("|")[0] for k in table.layers) == {"prefill", "decode"}
@@ -187,7 +187,7 @@ def test_latency_table_times_each_distinct_kernel_once(packed_setup, tmp_path, m
         fn = getattr(latency, name)
         monkeypatch.setattr(latency, name, lambda *a, n=name, f=fn, **k: forwards.append(n)
                             or f(*a, **k))
-    workload = Workload(prompt_len=8, answer_len=40)
+    workload = Workload(prompt_len=8, answer_len=40, backend="torch")
     table = measure_latency_table(lm, space, workload, bits=(4, 8, 16), group_size=32,
                                   repeats=1, calls=2, root=tmp_path, show_progress=False)
     assert sorted(quantized) == sorted(list(shapes) * 2)  # one packing per (shape, bits)

@@ -14,7 +14,7 @@ from bitfront.objectives import latency
 from bitfront.objectives.latency import LatencyWarning, Workload, measure_latency_table
 from bitfront.space.layers import layer_space
 
-WORKLOAD = Workload(prompt_len=8, answer_len=4)
+WORKLOAD = Workload(prompt_len=8, answer_len=4, backend="torch")
 
 
 def _scheduler(monkeypatch, wait_per_run: float) -> None:

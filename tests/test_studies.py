@@ -79,6 +79,10 @@ def test_study_report_holds_every_part(micro_run):
                     "## Proxy fidelity", "## Frontier comparison", "HAWQ sensitivity",
                     "Bit allocation", "## Exports"):
         assert section in text
+    # The AR model is timed by llama.cpp where it is installed; diffusion keeps torch.
+    ar = "llama.cpp" if llama_cpp_installed() else "torch"
+    assert [report["models"][m]["latency_backend"] for m in ("ar", "diffusion")] == [ar, "torch"]
+    assert "latency backend" in text and "diffusion: bitfront's torch kernels" in text
 
 
 def test_finished_study_is_not_recomputed(micro_run):

@@ -30,6 +30,14 @@ another job takes half the CPUs); the table records it beside the load average, 
 pressure (PSI) and the CPUs and threads it had (`meta["conditions"]`). A table measured under
 contention (`cpu_wait` over `CONTENDED`) comes with a warning and is not trusted for good: it is
 measured again the next time it is asked for on a quiet machine.
+
+Two backends measure the table (`Workload.backend`). `torch` times bitfront's own kernels as
+above. `llama.cpp` times the runtime CPU users deploy AR models with: each layer shape at the
+ggml type llama.cpp writes for each bitwidth (`GGML_TYPES`, with its fallbacks for rows that
+are not a multiple of the type's block), solved from timed GGUFs of the model (see
+`bitfront.runtimes.llama_timing`); a plan's latency is the same sum. `auto` (the default) takes
+llama.cpp for a model of a llama.cpp architecture on the CPU when llama-cpp-python is installed
+(and no torch dtype is asked for), else torch: diffusion models keep the torch kernels.
 """
 
 from __future__ import annotations
@@ -41,8 +49,10 @@ import hashlib
 import json
 import os
 import statistics
+import tempfile
 import time
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -50,17 +60,19 @@ import torch
 from torch import nn
 
 from bitfront.config import Config, setting
+from bitfront.errors import BitfrontError
 from bitfront.kernels.qlinear import QuantLinear
 from bitfront.kernels.quant import PackedWeight, rtn_quantize
 from bitfront.models.base import CodeLM
 from bitfront.models.diffusion_sampling import DiffusionOptions, diffusion_sample
-from bitfront.paths import cache_dir, read_cached, write_atomic
+from bitfront.paths import cache_dir, disk_errors, read_cached, write_atomic
 from bitfront.progress import track
 from bitfront.space.layers import LayerSpace
 from bitfront.space.plan import BitPlan
 
 SCHEMA = 2
 DTYPES = ("bfloat16", "float16", "float32")
+BACKENDS = ("auto", "torch", "llama.cpp")
 CONTENDED = 0.2  # seconds waiting for a CPU per second on one above which timings are suspect
 QUIET_PRESSURE = 10.0  # % of the last 10 s some task waited for a CPU (PSI) on a quiet machine
 
@@ -87,7 +99,7 @@ def _schedstat() -> tuple[int, int] | None:
     return (run, wait) if run else None
 
 
-def _cpu_pressure() -> float | None:
+def cpu_pressure() -> float | None:
     """% of the last 10 s in which some task waited for a CPU (PSI), or None without PSI."""
     try:
         with open("/proc/pressure/cpu") as fh:
@@ -98,7 +110,7 @@ def _cpu_pressure() -> float | None:
 
 def _quiet_now() -> bool:
     """Whether the machine looks quiet enough to time on (PSI, else the load average)."""
-    pressure = _cpu_pressure()
+    pressure = cpu_pressure()
     if pressure is not None:
         return pressure < QUIET_PRESSURE
     return os.getloadavg()[0] < 0.5 * len(os.sched_getaffinity(0))
@@ -108,7 +120,7 @@ class _CpuWait:
     """Measures `cpu_wait` (see the module's docstring) over a `with` block."""
 
     def __enter__(self) -> _CpuWait:
-        self.start, self.pressure = _schedstat(), _cpu_pressure()
+        self.start, self.pressure = _schedstat(), cpu_pressure()
         self.ratio: float | None = None
         return self
 
@@ -117,20 +129,21 @@ class _CpuWait:
         if self.start is not None and end is not None and end[0] > self.start[0]:
             self.ratio = max(0.0, (end[1] - self.start[1]) / (end[0] - self.start[0]))
 
-    def conditions(self) -> dict:
-        """What the table was measured under."""
+    def conditions(self, threads: int) -> dict:
+        """What the table was measured under (`threads`: those the timed kernels ran on)."""
         return {"cpu_wait": None if self.ratio is None else round(self.ratio, 4),
                 "contended": self.ratio is not None and self.ratio > CONTENDED,
-                "cpu_pressure": [self.pressure, _cpu_pressure()],
+                "cpu_pressure": [self.pressure, cpu_pressure()],
                 "load": [round(x, 2) for x in os.getloadavg()],
-                "cpus": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(),
+                "cpus": len(os.sched_getaffinity(0)), "threads": threads,
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 @dataclass(frozen=True)
 class Workload(Config):
-    """One generated sample: prompt and answer lengths, batch, diffusion steps, and the dtype
-    the kernels are timed in (by default the one the model runs in)."""
+    """One generated sample: prompt and answer lengths, batch, diffusion steps; the backend
+    that times it, the dtype torch kernels are timed in (by default the one the model runs
+    in) and the threads llama.cpp runs on."""
 
     prompt_len: int = setting(128, "latency workload: prompt tokens")
     answer_len: int = setting(128, "latency workload: answer tokens")
@@ -140,6 +153,12 @@ class Workload(Config):
     dtype: str | None = setting(None, "dtype the latency table is measured in (default: the "
                                       "model's, as loaded on its device)",
                                 flag="latency-dtype", choices=DTYPES)
+    backend: str = setting("auto", "what times the latency table: torch (bitfront's kernels), "
+                                   "llama.cpp (its CPU kernels, AR models), auto (llama.cpp "
+                                   "where it can time the model, else torch)",
+                           flag="latency-backend", choices=BACKENDS)
+    threads: int | None = setting(None, "threads llama.cpp runs on (default: every CPU)",
+                                  flag="latency-threads")
 
     def __post_init__(self):
         self.require(self.prompt_len >= 1, "prompt_len", "at least 1")
@@ -147,6 +166,14 @@ class Workload(Config):
         self.require(self.batch >= 1, "batch", "at least 1")
         self.require(self.steps is None or self.steps >= 1, "steps", "at least 1")
         self.require(self.dtype is None or self.dtype in DTYPES, "dtype", f"one of {DTYPES}")
+        self.require(self.backend in BACKENDS, "backend", f"one of {BACKENDS}")
+        self.require(self.threads is None or self.threads >= 1, "threads", "at least 1")
+        self.require(self.backend != "llama.cpp" or self.dtype is None, "dtype",
+                     "unset with the llama.cpp backend (it times llama.cpp's own types)")
+        self.require(self.backend != "llama.cpp" or self.batch == 1, "batch",
+                     "1 with the llama.cpp backend (it times one sample at a time)")
+        self.require(self.backend != "torch" or self.threads is None, "threads",
+                     "unset with the torch backend (torch's own thread count applies)")
 
     def phases(self, family: str) -> dict[str, int]:
         """phase -> how many times it runs per sample. Each call of a linear layer sees
@@ -231,7 +258,9 @@ def generate_fixed(module: nn.Module, family: str, workload: Workload, *, vocab:
 
 @dataclass
 class LatencyTable:
-    """Per-layer kernel times and the rest of the model, for one device and workload."""
+    """Per-layer kernel times and the rest of the model, for one device, workload and
+    backend (llama.cpp: what a layer's type adds over its shape's fastest type, the rest being
+    the model with every layer at its fastest type, per phase in `rest_by_phase`)."""
 
     key: str
     device: str
@@ -241,6 +270,8 @@ class LatencyTable:
     layers: dict[str, float]  # "phase|out|in|bits" -> seconds per call
     rest: float  # seconds per sample for everything but the quantizable linears
     meta: dict = field(default_factory=dict)
+    backend: str = "torch"  # what measured it: "torch" or "llama.cpp"
+    rest_by_phase: dict[str, float] = field(default_factory=dict)  # llama.cpp: rest per phase
 
     @property
     def contended(self) -> bool:
@@ -268,8 +299,12 @@ class LatencyTable:
                 for layer in space.layers if not layer.embedding)
         total = self.rest + sum(by_phase.values())
         unit, count = self.workload.unit(self.family)
-        return {"seconds": total, f"per_{unit}": total / count, "linear_by_phase": by_phase,
-                "rest": self.rest}
+        out = {"seconds": total, f"per_{unit}": total / count, "linear_by_phase": by_phase,
+               "rest": self.rest}
+        if self.rest_by_phase:
+            out["seconds_by_phase"] = {phase: seconds + self.rest_by_phase[phase]
+                                       for phase, seconds in by_phase.items()}
+        return out
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, **{k: v for k, v in asdict(self).items() if k != "workload"},
@@ -283,15 +318,58 @@ class LatencyTable:
         return cls(**{**data, "workload": Workload(**data["workload"])})
 
 
-def _table_key(lm: CodeLM, space: LayerSpace, workload: Workload, bits, dtype, device,
-               group_size: int) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def latency_backend(lm: CodeLM, workload: Workload) -> str:
+    """The backend that times `lm` for `workload` ("torch" or "llama.cpp"; see the module's
+    docstring), or a one-line error when llama.cpp is asked for and cannot time it."""
+    if workload.backend == "torch" or (workload.backend == "auto" and (
+            workload.dtype is not None or workload.batch != 1)):
+        return "torch"
+    from bitfront.exports.gguf import gguf_arch
+    from bitfront.runtimes.llama_cpp import require_llama_cpp
+
+    try:
+        if lm.family != "ar":
+            raise BitfrontError(f"llama.cpp has no {lm.family} architecture")
+        if lm.device.type != "cpu":
+            raise BitfrontError(f"the model runs on {lm.device}, the backend times llama.cpp "
+                                "on the CPU")
+        require_llama_cpp()
+        gguf_arch(lm)
+    except BitfrontError as exc:
+        if workload.backend == "auto":
+            return "torch"
+        raise BitfrontError(f"the llama.cpp latency backend cannot time {lm.name}: {exc}"
+                            ) from None
+    return "llama.cpp"
+
+
+def _torch_dtype(lm: CodeLM, workload: Workload) -> torch.dtype:
+    return getattr(torch, workload.dtype) if workload.dtype else lm.dtype
+
+
+def _runtime(lm: CodeLM, workload: Workload, backend: str) -> dict:
+    """What the table's times depend on besides the model and workload: the backend, its
+    version, device, threads and (torch) dtype and attention."""
+    if backend == "llama.cpp":
+        from bitfront.runtimes.llama_cpp import default_threads, require_llama_cpp
+
+        return {"backend": backend, "device": "cpu",
+                "llama_cpp": require_llama_cpp().__version__,
+                "threads": workload.threads or default_threads()}
+    device = lm.device
+    return {"backend": backend,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(), "dtype": str(_torch_dtype(lm, workload)),
+            "torch": torch.__version__,
+            "attn": getattr(lm.module.config, "_attn_implementation", None)}
+
+
+def _table_key(lm: CodeLM, space: LayerSpace, workload: Workload, bits, group_size: int,
+               runtime: dict) -> str:
     # The architecture, not where the checkpoint lies: one table for every copy of a model.
     config = lm.module.config.to_dict() if hasattr(lm.module.config, "to_dict") else {}
     config.pop("_name_or_path", None)
-    blob = json.dumps({"device": name, "threads": torch.get_num_threads(), "dtype": str(dtype),
-                       "torch": torch.__version__, "family": lm.family, "config": config,
-                       "attn": getattr(lm.module.config, "_attn_implementation", None),
+    blob = json.dumps({**runtime, "family": lm.family, "config": config,
                        "layers": [[l.out_features, l.in_features] for l in space.layers],
                        "workload": asdict(workload), "bits": list(bits),
                        "group_size": group_size, "schema": SCHEMA}, sort_keys=True, default=str)
@@ -396,22 +474,28 @@ def measure_latency_table(lm: CodeLM, space: LayerSpace, workload: Workload, *,
                           bits=(2, 3, 4, 8, 16), group_size: int = 128, repeats: int = 3,
                           calls: int = 1, root: Path | None = None,
                           show_progress: bool = True) -> LatencyTable:
-    """Measure (or load from the cache) the latency table of `lm` on its device: each kernel
-    over `calls` calls per short run, the median of `repeats` runs, with the conditions it
-    was measured under (a cached table measured under contention is measured again when the
-    machine is quiet)."""
-    device = lm.device
-    dtype = getattr(torch, workload.dtype) if workload.dtype else lm.dtype
-    key = _table_key(lm, space, workload, bits, dtype, device, group_size)
+    """Measure (or load from the cache) the latency table of `lm` with the workload's backend
+    (`latency_backend`): torch times each kernel over `calls` calls per short run, the median
+    of `repeats` runs; llama.cpp times each GGUF of its design `repeats` times. The table
+    records the conditions it was measured under (a cached table measured under contention is
+    measured again when the machine is quiet)."""
+    backend = latency_backend(lm, workload)
+    runtime = _runtime(lm, workload, backend)
+    key = _table_key(lm, space, workload, bits, group_size, runtime)
     path = (root or cache_dir() / "latency") / f"{key}.json"
     cached = read_cached(path, LatencyTable.from_dict)
     if cached is not None and not (cached.contended and _quiet_now()):
         return cached
     with _CpuWait() as waited:
-        table = _measure(lm, space, workload, bits=bits, group_size=group_size,
-                         repeats=repeats, calls=calls, key=key, dtype=dtype,
-                         show_progress=show_progress)
-    table.meta["conditions"] = waited.conditions()
+        if backend == "llama.cpp":
+            table = _measure_llama(lm, space, workload, bits=bits, group_size=group_size,
+                                   repeats=repeats, key=key, threads=runtime["threads"],
+                                   show_progress=show_progress)
+        else:
+            table = _measure(lm, space, workload, bits=bits, group_size=group_size,
+                             repeats=repeats, calls=calls, key=key,
+                             dtype=_torch_dtype(lm, workload), show_progress=show_progress)
+    table.meta["conditions"] = waited.conditions(runtime["threads"])
     if table.contended:
         warnings.warn(
             f"the latency table of {lm.name} was measured while other work competed for the "
@@ -467,6 +551,66 @@ def _measure(lm: CodeLM, space: LayerSpace, workload: Workload, *, bits, group_s
                                "attn": getattr(lm.module.config, "_attn_implementation", None),
                                "calls": calls, "repeats": repeats})
     return table
+
+
+def _measure_llama(lm: CodeLM, space: LayerSpace, workload: Workload, *, bits, group_size: int,
+                   repeats: int, key: str, threads: int, show_progress: bool) -> LatencyTable:
+    """The llama.cpp measurement behind `measure_latency_table`: the model's 16-bit GGUF,
+    the design's GGUFs quantized from it by llama.cpp (each layer shape at the type llama.cpp
+    writes for a bitwidth), each timed against the 16-bit one and deleted, then the costs
+    solved for."""
+    from bitfront.exports.formats import GGML_TYPES
+    from bitfront.exports.gguf import gguf_arch, plan_tensor_types, write_source, written_type
+    from bitfront.runtimes import llama_timing
+    from bitfront.runtimes.llama_cpp import quantize_gguf, require_llama_cpp
+
+    arch, _ = gguf_arch(lm)
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for layer in space.layers:
+        if not layer.embedding:
+            shapes.setdefault((layer.out_features, layer.in_features), []).append(layer.name)
+    types = {shape: {b: written_type(GGML_TYPES[b], shape[1]) for b in bits}
+             for shape in shapes}
+    options = llama_timing.type_lists(types)
+    counts = {shape: len(names) for shape, names in shapes.items()}
+    rows = llama_timing.design(options, counts)
+    # The plan bitwidth that makes each type (the widest, where several do).
+    bits_for = {shape: {kind: b for b, kind in sorted(by_bits.items())}
+                for shape, by_bits in types.items()}
+    pairs, model, scratch = [], lm.fingerprint(), cache_dir()
+    with disk_errors(scratch):
+        scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="llama-latency-") as tmp:
+        source, variant = Path(tmp) / "source.gguf", Path(tmp) / "variant.gguf"
+        with disk_errors(source):
+            write_source(lm, source)
+        for row in track(rows, "llama.cpp latency table", show=show_progress):
+            plan = BitPlan.from_bits(model, {
+                name: bits_for[shape][row[shape]] for shape, names in shapes.items()
+                for name in names}, group_size)
+            wanted = plan_tensor_types(lm, plan, arch)
+            written = quantize_gguf(source, variant, wanted)
+            if Counter(written[name] for name in wanted) != Counter(
+                    row[shape] for shape, names in shapes.items() for _ in names):
+                raise BitfrontError(f"llama.cpp wrote other types than bitfront predicts for "
+                                    f"{lm.name}: its fallback rules changed")
+            pairs.append(llama_timing.time_pair(
+                variant, source, prompt_len=workload.prompt_len,
+                answer_len=workload.answer_len, threads=threads, repeats=repeats))
+    costs = llama_timing.fit_costs(rows, llama_timing.scaled(pairs), options, counts)
+    calls = workload.phases(lm.family)
+    rest_by_phase = {phase: n * costs.rest[phase] for phase, n in calls.items()}
+    return LatencyTable(
+        key=key, device="cpu", dtype="f16", family=lm.family, workload=workload,
+        layers={f"{phase}|{o}|{i}|{b}": costs.layers[phase][o, i][kind]
+                for phase in calls for (o, i), by_bits in types.items()
+                for b, kind in by_bits.items()},
+        rest=sum(rest_by_phase.values()), backend="llama.cpp", rest_by_phase=rest_by_phase,
+        meta={"llama_cpp": require_llama_cpp().__version__, "threads": threads,
+              "types": {f"{o}|{i}|{b}": kind for (o, i), by_bits in types.items()
+                        for b, kind in by_bits.items()},
+              "runs": costs.runs, "repeats": repeats, "decode_steps": llama_timing.STEPS,
+              "fit_residual": costs.residual, "clean_calls": round(costs.clean, 3)})
 
 
 def _mask_id(lm: CodeLM) -> int | None:

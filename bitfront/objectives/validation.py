@@ -7,6 +7,7 @@ import statistics
 
 import torch
 
+from bitfront.errors import BitfrontError
 from bitfront.models.base import CodeLM
 from bitfront.objectives.latency import LatencyTable, measure_plan_latency
 from bitfront.objectives.memory import measure_memory
@@ -22,7 +23,10 @@ def validate_costs(lm: CodeLM, candidates: Candidates, table: LatencyTable,
                    ) -> dict:
     """Predicted vs measured latency and analytic vs measured memory, per plan; with the
     median relative latency error. Latency runs in the table's dtype; memory is measured in
-    16 bits, the storage the memory model counts for unquantized tensors."""
+    16 bits, the storage the memory model counts for unquantized tensors. Torch tables only
+    (benchmarks/bench_llama_latency.py checks llama.cpp's against llama.cpp)."""
+    if table.backend != "torch":
+        raise BitfrontError(f"validate_costs times bitfront's torch kernels, not {table.backend}'s")
     latency_dtype = getattr(torch, table.dtype.removeprefix("torch."))
     rows = []
     for plan in track(plans, "validating costs", show=show_progress):

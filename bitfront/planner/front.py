@@ -26,6 +26,7 @@ from bitfront.planner.study import (
     OBJECTIVES,
     REFINEMENT_ATTR,
     REQUEUED_ATTR,
+    TABLE_ATTR,
     Storage,
 )
 from bitfront.space.plan import BitPlan
@@ -62,6 +63,7 @@ class SearchResult:
     hypervolume: float
     requeued: list[dict] = field(default_factory=list)  # seeds run again (see study.py)
     unfinished: list[int] = field(default_factory=list)  # trials a dead worker left or that failed
+    latency_backend: str | None = None  # what timed the study's latency table (None: no table)
     # Where the study lives (a URL or storage object), for answers refined at a budget.
     storage: Storage | None = field(default=None, repr=False, compare=False)
 
@@ -85,12 +87,14 @@ class SearchResult:
         config = study_config(study)
         pts = points(study)
         front = pareto_front(pts, config["objectives"])
+        table = study.user_attrs.get(TABLE_ATTR)
         return cls(study=study.study_name, config=config, points=pts, front=front,
                    knee=knee(front, config["objectives"]),
                    hypervolume=hypervolume(pts, config["objectives"], reference_point(config)),
                    requeued=study.user_attrs.get(REQUEUED_ATTR, []),
                    unfinished=[t.number for t in study.get_trials(
                        deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING))],
+                   latency_backend=None if table is None else table.get("backend", "torch"),
                    storage=storage)
 
     def summary(self) -> dict:
@@ -103,6 +107,7 @@ class SearchResult:
                 "hypervolume": self.hypervolume,
                 "knee": self.knee.number if self.knee else None,
                 "requeued_seeds": self.requeued, "unfinished_trials": self.unfinished,
+                "latency_backend": self.latency_backend,
                 "front": [{"trial": p.number, "origin": p.origin, **p.metrics.to_dict()}
                           for p in self.front]}
 

@@ -11,7 +11,7 @@ import optuna
 from bitfront.config import SCHEMA, Config, setting
 from bitfront.errors import BitfrontError
 from bitfront.models.base import CodeLM
-from bitfront.objectives.latency import Workload, measure_latency_table
+from bitfront.objectives.latency import Workload, latency_backend, measure_latency_table
 from bitfront.objectives.proxy import AccuracyProxy, ProxyConfig
 from bitfront.objectives.sensitivity import (
     SensitivityConfig,
@@ -46,10 +46,14 @@ def search_settings(config: SearchConfig, setup: Setup) -> dict:
 def build_search(lm: CodeLM, config: SearchConfig, setup: Setup, *, mbpp_source=None,
                  show_progress: bool = True) -> PlanSearch:
     space = layer_space(lm, **setup.space.to_dict())
-    # An infeasible memory budget fails here, before any expensive stage.
+    # An infeasible memory budget, or a latency backend that cannot time the model, fails
+    # here, before any expensive stage.
     SeedProblem.build(space, group_layers(space, config.grouping), list(config.choices),
                       group_size=setup.quantizer.group_size,
                       sym=setup.quantizer.sym).check(config.memory_budget)
+    timed = "latency" in config.objectives or config.latency_budget is not None
+    if timed:
+        latency_backend(lm, setup.latency)
     calibration = calibration_set(lm, setup.calibration, mbpp_source=mbpp_source)
     ranked = config.ilp_budgets > 0 and not config.cheap_sensitivity
     prepare(lm, space, calibration, setup, trials=config.trials, show=show_progress,
@@ -63,7 +67,7 @@ def build_search(lm: CodeLM, config: SearchConfig, setup: Setup, *, mbpp_source=
         sensitivity = cached_sensitivity(lm, candidates, calibration, setup.sensitivity,
                                          show_progress=show_progress)
     table = None
-    if "latency" in config.objectives or config.latency_budget is not None:
+    if timed:
         table = measure_latency_table(lm, space, setup.latency, bits=config.choices,
                                       group_size=setup.quantizer.group_size,
                                       show_progress=show_progress)

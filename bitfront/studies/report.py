@@ -1,7 +1,8 @@
 """The study report: `report.md` for people, `report.json` for programs, PNG plots.
 
 It holds both families' fronts on the same axes (retention vs memory, vs latency, vs average
-bits), per-layer sensitivity heatmaps, the bit allocation of the chosen plans, the uniform
+bits; each model's latency from the backend that timed it, named per model), per-layer
+sensitivity heatmaps, the bit allocation of the chosen plans, the uniform
 table, hypervolume per model, proxy fidelity, the frontier comparison, and a plain-language
 finding. Built from the stages' stored outputs only.
 """
@@ -144,6 +145,23 @@ def _latency(row: dict) -> str:
     return f"{row['latency_s']:.4g}" if "latency_s" in row else "-"
 
 
+LATENCY_BACKENDS = {"torch": "bitfront's torch kernels", "llama.cpp": "llama.cpp's CPU kernels"}
+
+
+def latency_note(results: list[dict]) -> str:
+    """Which backend timed each model's latencies, and whether they compare across models."""
+    backends = {r["label"]: r["search"].get("latency_backend") for r in results}
+    known = {label: b for label, b in backends.items() if b is not None}
+    if not known:
+        return ""
+    text = "Latency per generated sample, timed by " + "; ".join(
+        f"{label}: {LATENCY_BACKENDS.get(b, b)}" for label, b in known.items()) + "."
+    if len(set(known.values())) > 1:
+        text += (" The backends differ, so latencies compare within a model, not across "
+                 "models (nor the common hypervolume's latency axis).")
+    return text
+
+
 def write_report(spec: StudySpec, run_dir: Path, results: list[dict], budgets: list[int]
                  ) -> Path:
     fronts = [_front_of(r) for r in results]
@@ -195,6 +213,7 @@ def write_report(spec: StudySpec, run_dir: Path, results: list[dict], budgets: l
                                                         common),
             "knee": r["search"]["knee"], "front": r["search"]["front"],
             "trials": len(r["search"]["points"]),
+            "latency_backend": r["search"].get("latency_backend"),
             "fidelity": _fidelity(r, spec.verify.benches[0]),
             "exports": r["exports"], "answers": r["answers"],
         }
@@ -213,12 +232,16 @@ def _markdown(spec: StudySpec, results: list[dict], report: dict) -> str:
     out = [f"# Study `{spec.name}`", "", spec.description, ""]
     out += ["## Finding", ""] + [f"- {s}" for s in report["findings"]] + [""]
     out += ["## Models", "", _table(
-        ["label", "model", "family", "parameters", "16-bit weights", "quantizable layers"],
+        ["label", "model", "family", "parameters", "16-bit weights", "quantizable layers",
+         "latency backend"],
         [[r["label"], r["model"]["name"], r["model"]["family"],
           f"{r['model']['parameters']:,}",
           format_bytes(next(u["memory_bytes"] for u in r["uniform"] if u["bits"] == 16))
           if any(u["bits"] == 16 for u in r["uniform"]) else "-",
-          str(r["model"]["quantizable_layers"])] for r in results]), ""]
+          str(r["model"]["quantizable_layers"]),
+          r["search"].get("latency_backend") or "-"] for r in results]), ""]
+    if note := latency_note(results):
+        out += [note, ""]
     ev = spec.evaluation
     tasks = ", ".join(f"{b}: first {spec.verify.limits.get(b, ev.limit) or 'all'} tasks"
                       for b in benches)
