@@ -7,7 +7,8 @@ a plan of 16 bits everywhere, so every matrix f16). Both runtimes go through the
 per runtime pass@1 with its 95% interval, generation seconds and answer tokens per second (the
 answers as cut at their stops, counted by that runtime's own tokenizer; torch generates
 `--batch-size` prompts together, llama.cpp one at a time; both on `--threads`), and between them:
-equal answers, tasks whose verdict differs. Prints JSON.
+equal answers, tasks whose verdict differs; and the 1-minute load average before and after
+(times on a shared machine depend on it). Prints JSON.
 
     python benchmarks/bench_llama_eval.py --model pocket-ar --bench pocket --limit 40
     python benchmarks/bench_llama_eval.py --model SmolLM2-135M-Instruct.Q4_1.gguf \
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -77,6 +79,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = EvalConfig(bench=args.bench, limit=args.limit, max_new_tokens=args.max_new_tokens,
                         batch_size=args.batch_size)
+    load = [round(os.getloadavg()[0], 2)]
     lm = load_model(args.model, device="cpu", dtype="float32", show_progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         gguf = Path(args.model)
@@ -93,6 +96,7 @@ def main() -> None:
     result = {"model": args.model, "gguf": gguf.name, "bench": args.bench, "tasks": len(a),
               "max_new_tokens": args.max_new_tokens, **sides, "same_answers": same,
               "verdicts_differ": differ, "threads": args.threads,
+              "load_1min": [*load, round(os.getloadavg()[0], 2)],
               "python": platform.python_version()}
     text = json.dumps(result, indent=1)
     print(text)
