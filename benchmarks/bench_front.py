@@ -76,6 +76,7 @@ def main() -> None:
             result["samplers"][sampler] = {
                 "seconds": round(time.perf_counter() - start, 1),
                 "hypervolume": SearchResult.of(study).hypervolume}
+            print(json.dumps({"sampler": sampler, **result["samplers"][sampler]}), flush=True)
             searches[sampler] = (search, study)
         search, study = searches[default_sampler]
         problem = search.seed_problem()

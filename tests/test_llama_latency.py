@@ -97,7 +97,10 @@ def test_diffusion_keeps_torch_and_bad_settings_are_one_line(micro_pair):
     one_line_error(res, 1, "cannot time pocket-diffusion-micro")
     ar = load_local(micro_pair["pocket-ar-micro"], device="cpu")
     assert latency_backend(ar, Workload(backend="torch")) == "torch"
-    assert latency_backend(ar, Workload(dtype="float32")) == "torch"  # a torch dtype asked for
+    # A torch dtype (a study's setting for its diffusion model too) leaves AR to llama.cpp;
+    # a batch llama.cpp does not time does not.
+    assert latency_backend(ar, Workload(dtype="float32")) == "llama.cpp"
+    assert latency_backend(ar, Workload(batch=2)) == "torch"
     for bad, message in [({"backend": "vllm"}, "backend must be one of"),
                          ({"backend": "llama.cpp", "dtype": "float32"}, "dtype must be unset"),
                          ({"backend": "llama.cpp", "batch": 2}, "batch must be 1"),

@@ -37,7 +37,8 @@ ggml type llama.cpp writes for each bitwidth (`GGML_TYPES`, with its fallbacks f
 are not a multiple of the type's block), solved from timed GGUFs of the model (see
 `bitfront.runtimes.llama_timing`); a plan's latency is the same sum. `auto` (the default) takes
 llama.cpp for a model of a llama.cpp architecture on the CPU when llama-cpp-python is installed
-(and no torch dtype is asked for), else torch: diffusion models keep the torch kernels.
+(batch 1), else torch: diffusion models keep the torch kernels. A `dtype` applies to the models
+torch times (llama.cpp times its own types), so one study's settings serve both.
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ class Workload(Config):
     batch: int = setting(1, "latency workload: samples per batch", flag="latency-batch")
     steps: int | None = setting(None, "latency workload: diffusion steps (default: one per "
                                       "answer token)")
-    dtype: str | None = setting(None, "dtype the latency table is measured in (default: the "
-                                      "model's, as loaded on its device)",
+    dtype: str | None = setting(None, "dtype torch-timed latency tables are measured in "
+                                      "(default: the model's, as loaded on its device)",
                                 flag="latency-dtype", choices=DTYPES)
     backend: str = setting("auto", "what times the latency table: torch (bitfront's kernels), "
                                    "llama.cpp (its CPU kernels, AR models), auto (llama.cpp "
@@ -321,8 +322,7 @@ class LatencyTable:
 def latency_backend(lm: CodeLM, workload: Workload) -> str:
     """The backend that times `lm` for `workload` ("torch" or "llama.cpp"; see the module's
     docstring), or a one-line error when llama.cpp is asked for and cannot time it."""
-    if workload.backend == "torch" or (workload.backend == "auto" and (
-            workload.dtype is not None or workload.batch != 1)):
+    if workload.backend == "torch" or (workload.backend == "auto" and workload.batch != 1):
         return "torch"
     from bitfront.exports.gguf import gguf_arch
     from bitfront.runtimes.llama_cpp import require_llama_cpp
