@@ -333,15 +333,14 @@ def cmd_best(args) -> int:
 def cmd_export(args) -> int:
     import tempfile
 
-    from bitfront.exports.files import MODEL_FORMATS
-    from bitfront.paths import check_writable
+    from bitfront.exports.files import MODEL_FORMATS, check_target
 
     result = _result(args)
     if args.trial is None and args.best_under is None:
         raise BitfrontError("choose the plan: --trial N or --best-under SIZE")
     for target in (args.out, args.checkpoint):  # before any work, not after it
         if target:
-            check_writable(Path(target).parent)
+            check_target(Path(target))
     if args.trial is not None:
         point = next((p for p in result.points if p.number == args.trial), None)
         if point is None:

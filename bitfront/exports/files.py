@@ -31,6 +31,13 @@ def plan_text(plan: BitPlan, format: str, *, metrics: dict | None = None,
     raise BitfrontError(f"unknown export format {format!r}; choose from {FORMATS}")
 
 
+def check_target(path: Path) -> None:
+    """An export goes into an existing directory (a typo in --out is not silently made)."""
+    if not path.parent.is_dir():
+        raise BitfrontError(f"cannot write {path}: {path.parent} is not an existing "
+                            "directory; create it or choose another --out")
+
+
 def write_export(plan: BitPlan, format: str, path: Path, *, lm=None, candidates=None,
                  metrics: dict | None = None, provenance: dict | None = None,
                  mbpp_source=None) -> Path:
@@ -38,9 +45,7 @@ def write_export(plan: BitPlan, format: str, path: Path, *, lm=None, candidates=
     (those need `lm` and the plan's `candidates`), a GGUF file (needs `lm`; its record, what
     llama.cpp wrote, beside it as PATH.json)."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise BitfrontError(f"cannot write {path}: {path.parent} is not an existing "
-                            "directory; create it or choose another --out")
+    check_target(path)
     if format in CHECKPOINTS:
         if lm is None or candidates is None:
             raise BitfrontError(f"a {format} checkpoint needs the model and its candidates")
