@@ -29,8 +29,6 @@ def check_writable(directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
-    except FileExistsError:  # a file, or a link to one, where the directory should be
-        raise BitfrontError(f"cannot write to {directory}: not a directory") from None
     except OSError as exc:
         raise BitfrontError(f"cannot write to {directory}: {exc.strerror or exc}") from None
 
