@@ -17,7 +17,6 @@ difference (b - a) over the same tasks with its interval. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -25,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from results_io import emit
 
 import bitfront
 from bitfront.evaluators.harness import EvalConfig
@@ -33,8 +33,6 @@ from bitfront.planner.front import SearchResult
 from bitfront.planner.study import locate_study
 from bitfront.stats import bootstrap
 from bitfront.units import format_bytes
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def passed(report: dict) -> dict[str, float]:
@@ -101,11 +99,7 @@ def main() -> None:
            "study": args.study, "model": lm.name, "bench": args.bench, "split": args.split,
            "tasks": len(tasks), "cpu": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "plans": rows}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / args.out).write_text(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

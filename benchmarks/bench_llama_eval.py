@@ -18,7 +18,6 @@ equal answers, tasks whose verdict differs; and the 1-minute load average before
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_io import emit
 
 from bitfront.evaluators.harness import EvalConfig, evaluate
 from bitfront.exports.gguf import export_gguf
@@ -33,8 +33,6 @@ from bitfront.models import load_model
 from bitfront.runtimes.llama_lm import LlamaLM
 from bitfront.space.layers import layer_space
 from bitfront.space.plan import BitPlan
-
-RESULTS = Path(__file__).parent / "results"
 
 
 class Timed:
@@ -98,11 +96,7 @@ def main() -> None:
               "verdicts_differ": differ, "threads": args.threads,
               "load_1min": [*load, round(os.getloadavg()[0], 2)],
               "python": platform.python_version()}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import random
@@ -33,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
+from results_io import emit
 from scipy import stats
 
 from bitfront.exports.gguf import export_gguf, write_source
@@ -50,7 +50,6 @@ from bitfront.runtimes.llama_timing import scaled, time_pair
 from bitfront.space.layers import layer_space
 from bitfront.space.memory import plan_memory
 
-RESULTS = Path(__file__).parent / "results"
 POOL = 64  # mixed plans the benchmarked ones are spread over
 TARGETS = {"median_decode_rel_error": 0.10, "spearman": 0.9}
 
@@ -150,11 +149,7 @@ def main() -> None:
               "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "llama_cpp": require_llama_cpp().__version__, "workload": workload.to_dict(),
               "targets": TARGETS, "models": models}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
