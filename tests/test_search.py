@@ -103,6 +103,25 @@ def test_seeds_lie_between_each_adjacent_pair_of_uniform_plans(search):
         assert len(inside) >= 2, (low_u, high_u, memory)
 
 
+def no_level_fits(moves: Moves, plan: tuple[int, ...], cap: float) -> bool:
+    """No group of `plan` can go up a level within `cap`."""
+    return not any(moves.fits((*plan[:g], k + 1, *plan[g + 1:]), cap)
+                   for g, k in enumerate(plan) if k + 1 < moves.levels)
+
+
+def test_a_filled_move_keeps_the_budget_and_leaves_no_level_unused(search):
+    problem = search.seed_problem()
+    moves, rng = Moves(problem), np.random.RandomState(0)
+    cap = (uniform_memory(problem, 2) + uniform_memory(problem, 3)) / 2
+    start = moves.index(problem.solve(cap))
+    swapped = [c for c in (moves.neighbour(start, rng, cap=cap) for _ in range(20)) if c]
+    assert swapped and any(not no_level_fits(moves, c, cap) for c in swapped)
+    for child in swapped:
+        filled = moves.fill(child, rng, cap)
+        assert moves.fits(filled, cap) and no_level_fits(moves, filled, cap)
+        assert all(f >= c for f, c in zip(filled, child, strict=True))
+
+
 def test_budget_parsing():
     assert parse_bytes("1.2GiB") == int(1.2 * 2**30) and parse_bytes("800MB") == 800_000_000
     assert parse_bytes("1500") == 1500
@@ -396,6 +415,9 @@ def test_refinement_keeps_within_the_budget_and_is_recorded(search, tmp_path, mo
         mine = [t for t in study.get_trials()
                 if t.user_attrs["origin"].endswith(budget_label(budget, None))]
         assert mine and all(t.user_attrs["memory_bytes"] <= budget for t in mine)
+        moves = Moves(problem)
+        assert all(no_level_fits(moves, moves.index(t.params), budget) for t in mine
+                   if t.user_attrs["origin"].startswith("refine-"))
         best = best_recorded(SearchResult.of(study), budget, None)
         assert best.number == result.trial and best.metrics.memory_bytes <= budget
         # Never worse than the ILP at the budget or the uniform plan that fits.

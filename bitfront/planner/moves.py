@@ -75,6 +75,19 @@ class Moves:
             plan[g] -= 1
         return tuple(plan) if self.fits(plan, cap) else None
 
+    def fill(self, plan: tuple[int, ...], rng: np.random.RandomState,
+             cap: float) -> tuple[int, ...]:
+        """Groups in random order each a level up where the plan still fits `cap`: the
+        memory a swap's lowering left unused goes back into the plan (at a budget, a plan
+        below it gives accuracy away)."""
+        plan = list(plan)
+        for g in rng.permutation(len(plan)):
+            if plan[g] + 1 < self.levels:
+                plan[g] += 1
+                if not self.fits(plan, cap):
+                    plan[g] -= 1
+        return tuple(plan)
+
     def step(self, plan: tuple[int, ...], rng: np.random.RandomState) -> tuple[int, ...] | None:
         """One group a level up or down (memory changes), within the budgets."""
         g = int(rng.randint(len(plan)))

@@ -8,9 +8,11 @@ answer. Refinement at budget B:
 1. starts from the best of: the ILP solution at B, the best uniform plan within B and the best
    plan the study already holds within B (each evaluated on the full proxy if it is new);
 2. runs an elitist local search with budget-preserving moves (moves.py: one group up a level,
-   others down until the plan fits B again): each step draws `offspring` new neighbours of the
-   current best, screens them on a few proxy tasks, confirms the best `survivors` on every
-   proxy task, and keeps a confirmed plan that beats the current best;
+   others down until the plan fits B again, then groups up a level wherever B still allows,
+   so that no neighbour leaves unused the memory one more level would take): each step draws
+   `offspring` new neighbours of the current best, screens them on a few proxy tasks,
+   confirms the best `survivors` on every proxy task, and keeps a confirmed plan that beats
+   the current best;
 3. stops when `evaluations` full-proxy equivalents are spent (a screen costs its share of the
    tasks) or no new neighbour is left.
 
@@ -184,12 +186,16 @@ def refine(search: PlanSearch, study: optuna.Study, *, memory: int | None = None
 
 def _neighbours(moves, plan: tuple[int, ...], rng: np.random.RandomState, n: int,
                 held: dict) -> list[tuple[int, ...]]:
-    """Up to `n` distinct budget-preserving neighbours of `plan` the study does not hold."""
+    """Up to `n` distinct budget-preserving neighbours of `plan`, filled up to the cap,
+    that the study does not hold."""
     cap = moves.memory_cap if moves.memory_cap is not None else moves.memory(plan)
     out: list[tuple[int, ...]] = []
     for _ in range(20 * n):
         child = moves.neighbour(plan, rng, cap=cap)
-        if child is not None and child not in out and \
+        if child is None:
+            continue
+        child = moves.fill(child, rng, cap)
+        if child not in out and \
                 tuple(moves.bits(child).values()) not in held:
             out.append(child)
             if len(out) == n:
