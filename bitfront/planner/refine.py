@@ -195,8 +195,7 @@ def _neighbours(moves, plan: tuple[int, ...], rng: np.random.RandomState, n: int
         if child is None:
             continue
         child = moves.fill(child, rng, cap)
-        if child not in out and \
-                tuple(moves.bits(child).values()) not in held:
+        if child not in out and tuple(moves.bits(child).values()) not in held:
             out.append(child)
             if len(out) == n:
                 break
