@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import optuna
@@ -153,6 +154,23 @@ def test_front_hypervolume_knee_and_budgets():
     assert best_under(pts, memory=250).number == 1
     with pytest.raises(NoPlanError, match="no plan within budget; the smallest is 100B"):
         best_under(pts, memory=60)
+
+
+def test_a_mixed_plan_inside_the_uniform_plans_interval_is_not_the_answer():
+    def point(number, bits, retention, high):
+        metrics = replace(metrics_of(retention, 200), retention_low=retention - 0.01,
+                          retention_high=high)
+        return Point(number=number, bits=bits, values=(), feasible=True, origin="",
+                     metrics=metrics)
+
+    uniform = point(0, {"a": 3, "b": 3}, 0.996, 1.003)
+    mixed = point(1, {"a": 2, "b": 4}, 1.001, 1.008)
+    assert best_under([uniform, mixed], memory=250).number == 0  # 1.001 <= 1.003: a tie
+    clear = point(2, {"a": 4, "b": 2}, 1.004, 1.011)
+    assert best_under([uniform, mixed, clear], memory=250).number == 2
+    # Likelihood retention has no interval: the most accurate plan, as before.
+    assert best_under([uniform, mixed], memory=250,
+                      accuracy="logprob_retention").number == 1
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +437,9 @@ def test_refinement_keeps_within_the_budget_and_is_recorded(search, tmp_path, mo
         assert all(no_level_fits(moves, moves.index(t.params), budget) for t in mine
                    if t.user_attrs["origin"].startswith("refine-"))
         best = best_recorded(SearchResult.of(study), budget, None)
-        assert best.number == result.trial and best.metrics.memory_bytes <= budget
+        assert best.metrics.memory_bytes <= budget
+        assert best.number == result.trial or (len(set(best.bits.values())) == 1 and
+                                               result.accuracy <= best.metrics.retention_high)
         # Never worse than the ILP at the budget or the uniform plan that fits.
         starts = [t for t in study.get_trials() if t.user_attrs["origin"] in
                   (f"ilp-at-{budget_label(budget, None)}", "uniform-2", "uniform-3")

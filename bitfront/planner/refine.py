@@ -237,9 +237,9 @@ def answer(study: optuna.Study, storage_url: Storage, *, memory: int | None = No
         raise NoPlanError(f"no plan within budget; the smallest is "
                           f"{format_bytes(min(smallest))} ({lowest})")
     if (record := refined(study, memory, latency)) is not None:
-        return Answer(best_recorded(result, memory, latency), "recorded",
-                      f"refined at this budget before ({record['evaluations']} evaluations)",
-                      record)
+        point = best_recorded(result, memory, latency)
+        return Answer(point, "recorded", f"refined at this budget before "
+                      f"({record['evaluations']} evaluations){_kept(point, record)}", record)
     if reason := cannot_refine(study, storage_url, config):
         return Answer(best_recorded(result, memory, latency), "lookup",
                       f"a lookup among the study's trials: {reason}")
@@ -248,9 +248,19 @@ def answer(study: optuna.Study, storage_url: Storage, *, memory: int | None = No
     refinement = refine(search, study, memory=memory, latency=latency, config=config,
                         lock=functools.partial(storage_lock, storage_url),
                         show_progress=show_progress)
-    return Answer(best_recorded(SearchResult.of(study), memory, latency), "refined",
-                  f"searched at the budget ({refinement.evaluations} evaluations, "
-                  f"{refinement.seconds} s)", refinement.to_dict())
+    point = best_recorded(SearchResult.of(study), memory, latency)
+    record = refinement.to_dict()
+    return Answer(point, "refined", f"searched at the budget ({refinement.evaluations} "
+                  f"evaluations, {refinement.seconds} s){_kept(point, record)}", record)
+
+
+def _kept(point: Point, record: dict) -> str:
+    """Says so when the answer is not the refinement's best plan (a uniform plan whose
+    accuracy interval holds it: see `best_under`)."""
+    if point.number == record["trial"]:
+        return ""
+    return (f"; {point.origin or f'trial {point.number}'} kept: the best mixed plan (trial "
+            f"{record['trial']}, {record['accuracy']:.4f}) lies within its 95% interval")
 
 
 def cannot_refine(study: optuna.Study, storage_url: Storage, config: RefineConfig
