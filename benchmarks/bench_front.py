@@ -7,9 +7,10 @@ between the two uniform plans' retentions that it closes:
 - the lower uniform plan, and the straight line between the two uniform plans;
 - the ILP solution at the budget;
 - the best plan within the budget after the default search (a lookup among its trials);
-- bitfront's answer: that search refined at the budget (`planner/refine.py`, default
-  `RefineConfig`), with its time;
-- a long reference run: `--reference-factor` times the evaluations more, from the answer on.
+- that search refined at the budget (`planner/refine.py`, default `RefineConfig`), with its
+  time, and bitfront's answer: the refined plan, or the best uniform plan that fits where its
+  95% interval holds the refined plan's retention (`best_under`);
+- a long reference run: `--reference-factor` times the evaluations more, from the refinement on.
 
 Also the hypervolume of a search with each sampler at the same number of trials (the default
 sampler is chosen by it). Prints JSON; `--out` also writes it.
@@ -98,14 +99,16 @@ def main() -> None:
                 row["default_search"] = best_recorded(SearchResult.of(study), budget,
                                                       None).metrics.retention
                 start = time.perf_counter()
-                answer = refine(search, study, memory=budget, config=spec.refine,
-                                show_progress=False)
-                row["refined"] = answer.accuracy
+                refinement = refine(search, study, memory=budget, config=spec.refine,
+                                    show_progress=False)
+                row["refined"] = refinement.accuracy
                 row["refine_seconds"] = round(time.perf_counter() - start, 1)
-                row["refine_evaluations"] = answer.evaluations
+                row["refine_evaluations"] = refinement.evaluations
+                row["answer"] = best_recorded(SearchResult.of(study), budget,
+                                              None).metrics.retention
                 if fraction in references:
                     # The long reference: `reference_factor` times the evaluations more,
-                    # from the answer on (another seed of the moves).
+                    # from the refinement on (another seed of the moves).
                     reference = spec.refine.replace(
                         evaluations=spec.refine.evaluations * args.reference_factor,
                         seed=spec.refine.seed + 1)
@@ -113,7 +116,8 @@ def main() -> None:
                     row["reference"] = refine(search, study, memory=budget, config=reference,
                                               show_progress=False).accuracy
                     row["reference_seconds"] = round(time.perf_counter() - start, 1)
-                for key in ("straight_line", "ilp", "default_search", "refined", "reference"):
+                for key in ("straight_line", "ilp", "default_search", "refined", "answer",
+                            "reference"):
                     if key in row:
                         row[f"{key}_closes"] = round(closed(row[key], lo_r, hi_r), 4)
                 result["budgets"].append(row)
