@@ -41,6 +41,7 @@ from bitfront.planner.refine import (
     answer,
     best_recorded,
     budget_label,
+    kept_note,
     refine,
 )
 from bitfront.planner.seeds import (
@@ -171,6 +172,12 @@ def test_a_mixed_plan_inside_the_uniform_plans_interval_is_not_the_answer():
     # Likelihood retention has no interval: the most accurate plan, as before.
     assert best_under([uniform, mixed], memory=250,
                       accuracy="logprob_retention").number == 1
+    # The answer says why the refinement's best plan is not it, and only then.
+    record = {"trial": 1, "accuracy": 1.001}
+    assert "trial 1, 1.00100) lies within its 95% interval (up to 1.00300)" in \
+        kept_note(uniform, record, "retention")
+    assert kept_note(mixed, record, "retention") == ""
+    assert kept_note(uniform, {"trial": 2, "accuracy": 1.004}, "retention") == ""
 
 
 @pytest.fixture(scope="module")

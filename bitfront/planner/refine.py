@@ -239,7 +239,8 @@ def answer(study: optuna.Study, storage_url: Storage, *, memory: int | None = No
     if (record := refined(study, memory, latency)) is not None:
         point = best_recorded(result, memory, latency)
         return Answer(point, "recorded", f"refined at this budget before "
-                      f"({record['evaluations']} evaluations){_kept(point, record)}", record)
+                      f"({record['evaluations']} evaluations)"
+                      f"{kept_note(point, record, accuracy_metric(result.config))}", record)
     if reason := cannot_refine(study, storage_url, config):
         return Answer(best_recorded(result, memory, latency), "lookup",
                       f"a lookup among the study's trials: {reason}")
@@ -251,16 +252,20 @@ def answer(study: optuna.Study, storage_url: Storage, *, memory: int | None = No
     point = best_recorded(SearchResult.of(study), memory, latency)
     record = refinement.to_dict()
     return Answer(point, "refined", f"searched at the budget ({refinement.evaluations} "
-                  f"evaluations, {refinement.seconds} s){_kept(point, record)}", record)
+                  f"evaluations, {refinement.seconds} s)"
+                  f"{kept_note(point, record, accuracy_metric(result.config))}", record)
 
 
-def _kept(point: Point, record: dict) -> str:
+def kept_note(point: Point, record: dict, accuracy: str) -> str:
     """Says so when the answer is not the refinement's best plan (a uniform plan whose
     accuracy interval holds it: see `best_under`)."""
-    if point.number == record["trial"]:
+    high = getattr(point.metrics, f"{accuracy}_high", None)
+    if point.number == record["trial"] or len(set(point.bits.values())) != 1 or \
+            high is None or record["accuracy"] > high:
         return ""
     return (f"; {point.origin or f'trial {point.number}'} kept: the best mixed plan (trial "
-            f"{record['trial']}, {record['accuracy']:.4f}) lies within its 95% interval")
+            f"{record['trial']}, {record['accuracy']:.5f}) lies within its 95% interval "
+            f"(up to {high:.5f})")
 
 
 def cannot_refine(study: optuna.Study, storage_url: Storage, config: RefineConfig
