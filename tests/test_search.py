@@ -445,8 +445,8 @@ def test_refinement_keeps_within_the_budget_and_is_recorded(search, tmp_path, mo
                    if t.user_attrs["origin"].startswith("refine-"))
         best = best_recorded(SearchResult.of(study), budget, None)
         assert best.metrics.memory_bytes <= budget
-        assert best.number == result.trial or (len(set(best.bits.values())) == 1 and
-                                               result.accuracy <= best.metrics.retention_high)
+        assert best.number == result.trial or (best.uniform and
+                                               best.holds(result.accuracy, "retention"))
         # Never worse than the ILP at the budget or the uniform plan that fits.
         starts = [t for t in study.get_trials() if t.user_attrs["origin"] in
                   (f"ilp-at-{budget_label(budget, None)}", "uniform-2", "uniform-3")

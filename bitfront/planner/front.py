@@ -45,6 +45,17 @@ class Point:
     origin: str
     refinement: bool = False  # recorded by a refinement at a budget, not by the search
 
+    @property
+    def uniform(self) -> bool:
+        """Every group at the same bitwidth."""
+        return len(set(self.bits.values())) == 1
+
+    def holds(self, value: float, accuracy: str) -> bool:
+        """`value` lies within this plan's 95% interval of `accuracy` (False for a metric
+        without one): the two are not told apart."""
+        high = getattr(self.metrics, f"{accuracy}_high", None)
+        return high is not None and value <= high
+
     def to_dict(self) -> dict:
         return {"trial": self.number, "origin": self.origin, "feasible": self.feasible,
                 "bits": self.bits, **self.metrics.to_dict()}
@@ -230,15 +241,14 @@ def best_under(pts: list[Point], *, memory: int | None = None, latency: float | 
         return getattr(p.metrics, accuracy), -p.metrics.memory_bytes
 
     best = max(fits, key=order)
-    uniform = [p for p in fits if len(set(p.bits.values())) == 1]
-    if uniform and best not in uniform:
+    uniform = [p for p in fits if p.uniform]
+    if uniform and not best.uniform:
         # A mixed plan wins only beyond the noise: within the best fitting uniform plan's 95%
         # interval the two are not told apart, and the uniform plan is the simpler answer.
         # (At pocket-ar's uniform-3 memory a mixed plan led 100.1% to 99.6% in top-1
         # retention and lost 67.1% to 77.1% in pocket pass@1.)
         rival = max(uniform, key=order)
-        high = getattr(rival.metrics, f"{accuracy}_high", None)
-        if high is not None and getattr(best.metrics, accuracy) <= high:
+        if rival.holds(getattr(best.metrics, accuracy), accuracy):
             return rival
     return best
 

@@ -259,13 +259,12 @@ def answer(study: optuna.Study, storage_url: Storage, *, memory: int | None = No
 def kept_note(point: Point, record: dict, accuracy: str) -> str:
     """Says so when the answer is not the refinement's best plan (a uniform plan whose
     accuracy interval holds it: see `best_under`)."""
-    high = getattr(point.metrics, f"{accuracy}_high", None)
-    if point.number == record["trial"] or len(set(point.bits.values())) != 1 or \
-            high is None or record["accuracy"] > high:
+    if point.number == record["trial"] or not point.uniform or \
+            not point.holds(record["accuracy"], accuracy):
         return ""
     return (f"; {point.origin or f'trial {point.number}'} kept: the best mixed plan (trial "
             f"{record['trial']}, {record['accuracy']:.5f}) lies within its 95% interval "
-            f"(up to {high:.5f})")
+            f"(up to {getattr(point.metrics, f'{accuracy}_high'):.5f})")
 
 
 def cannot_refine(study: optuna.Study, storage_url: Storage, config: RefineConfig
